@@ -1,0 +1,519 @@
+//! Configuration: the TOML file, `RELAIS_<SECTION>__<KEY>` environment overrides,
+//! embedded defaults, validation and a secret-masked rendering for `check-config`.
+//!
+//! Loading is done with `figment`, which keeps track of where each value came from, so a
+//! bad value is reported with its key and its origin (file or environment variable).
+
+mod duration;
+mod secret;
+
+pub use duration::parse_duration;
+pub use secret::Secret;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Keys whose values are masked whenever the configuration is shown.
+const SECRET_KEYS: &[&str] = &["secret", "authorization", "access_token", "password"];
+
+/// Why a configuration could not be loaded or is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a value of the wrong type or shape, or is unknown.
+    #[error("{0}")]
+    Invalid(String),
+    /// The file named with `--config` does not exist.
+    #[error("configuration file {0} not found")]
+    FileNotFound(PathBuf),
+}
+
+/// The whole configuration of one relais process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener, CORS, limits and SSE framing.
+    pub server: ServerConfig,
+    /// How subscriber and publisher JWTs are verified (and minted by `relais token`).
+    pub jwt: JwtConfig,
+    /// Topics, history and fan-out.
+    pub hub: HubConfig,
+    /// Optional Redis bus for several instances.
+    pub redis: RedisConfig,
+    /// Webhook sources, by name (`POST /hooks/grist/{name}`, `POST /hooks/hub/{name}`).
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Optional Matrix / Tchap alerts.
+    pub matrix: MatrixConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Origins allowed by CORS (explicit list; `*` is refused because cookies carry tokens).
+    pub cors_origins: Vec<String>,
+    /// Where relais keeps its generated signing key. Default: `$XDG_STATE_HOME/relais`,
+    /// else `$HOME/.local/state/relais`, else `.relais-state`.
+    pub state_dir: Option<PathBuf>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Interval between heartbeat comments on idle streams (`15s`, `500ms`).
+    #[serde(with = "duration::serde_human")]
+    pub heartbeat: Duration,
+    /// Reconnection delay announced to clients with `retry:`, in milliseconds.
+    pub retry_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            cors_origins: Vec::new(),
+            state_dir: None,
+            max_body_bytes: 1024 * 1024,
+            heartbeat: Duration::from_secs(15),
+            retry_ms: 2000,
+        }
+    }
+}
+
+/// The JWT algorithms relais verifies; the configured one is the only one accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    #[default]
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+/// `[jwt]`: token verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Algorithm pinned for every token.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 key. Unset: a random key is generated once and kept in the state directory.
+    pub secret: Option<Secret>,
+    /// RS256/ES256 verification key (PEM).
+    pub public_key: Option<PathBuf>,
+    /// RS256/ES256 signing key (PEM), only needed by `relais token`.
+    pub private_key: Option<PathBuf>,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            public_key: None,
+            private_key: None,
+            require_exp: false,
+            leeway_secs: 0,
+        }
+    }
+}
+
+/// `[hub]`: subscriptions, history and fan-out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Let subscribers without a token receive public updates.
+    pub allow_anonymous: bool,
+    /// How many events are retained for resume.
+    pub history_size: usize,
+    /// How many events a subscriber may fall behind before it is disconnected (it then
+    /// reconnects and resumes from its last ID). Rounded up to a power of two.
+    pub subscriber_backlog: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            history_size: 10_000,
+            subscriber_backlog: 8192,
+        }
+    }
+}
+
+/// `[redis]`: the bus shared by several instances.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; unset means the in-process bus.
+    pub url: Option<Secret>,
+    /// Prefix of every Redis key relais uses.
+    pub key_prefix: Option<String>,
+}
+
+/// Which kind of webhook a source receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Grist webhooks: arrays of row objects.
+    Grist,
+    /// DiagPV hub module updates.
+    Hub,
+}
+
+/// `[sources.NAME]`: one webhook source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `grist` or `hub`.
+    pub kind: SourceKind,
+    /// Exact `Authorization` header value expected (Grist's webhook `authorization` field,
+    /// or the hub's bearer secret as `Bearer ...`).
+    #[serde(default)]
+    pub authorization: Option<Secret>,
+    /// Grist: value of the `secret` query parameter (older Grist). Hub: Standard Webhooks
+    /// secret (`whsec_` + base64).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Grist: table name reported in events.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Grist: event field → column id (keys: id, agent, location, type, status, priority,
+    /// updated_at, comment).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Topic templates (`{id}`, `{audit_token}`, `{module_id}` are filled in).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Event type (defaults: `intervention` for Grist, `module` for the hub).
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// Publish events of this source as private updates.
+    #[serde(default)]
+    pub private: bool,
+}
+
+/// `[matrix]`: alerts to a Matrix / Tchap room.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixConfig {
+    /// Client-server API base URL, e.g. `https://matrix.agent.tchap.gouv.fr`.
+    pub homeserver: Option<String>,
+    /// The bot account's access token.
+    pub access_token: Option<Secret>,
+    /// Room to post to (`!id:server` or a version-12 `!id`).
+    pub room_id: Option<String>,
+    /// Alert rules; empty with Matrix configured means the default rules.
+    pub rules: Vec<AlertRuleConfig>,
+}
+
+/// One alert rule: events of `event_type` whose `field` takes one of `values`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    /// Name shown in logs and metrics.
+    pub name: String,
+    /// Event type the rule looks at (`intervention`, `module`).
+    pub event_type: String,
+    /// Field of the event data (`priority`, `status`).
+    pub field: String,
+    /// Values that make the record alert-worthy.
+    pub values: Vec<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `relais=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the embedded defaults, then `file` (if given), then `RELAIS_*` variables,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::FileNotFound(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("RELAIS_").split("__").filter(|k| {
+            // Only RELAIS_<SECTION>__<KEY> variables are configuration.
+            k.as_str().contains("__")
+        }));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: addresses, origins, keys, sources, sizes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "server.listen: {:?} is not an address:port such as 127.0.0.1:8080",
+                self.server.listen
+            ));
+        }
+        for origin in &self.server.cors_origins {
+            if origin == "*" {
+                return invalid("server.cors_origins: \"*\" is refused because tokens travel in cookies; list the origins explicitly".into());
+            }
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return invalid(format!(
+                    "server.cors_origins: {origin:?} is not an origin such as https://docs.getgrist.com (scheme and host, no trailing slash)"
+                ));
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes: must be greater than 0".into());
+        }
+        if self.server.heartbeat.is_zero() {
+            return invalid("server.heartbeat: must be greater than 0".into());
+        }
+        if self.hub.history_size == 0 {
+            return invalid("hub.history_size: must be at least 1".into());
+        }
+        if self.hub.subscriber_backlog == 0 {
+            return invalid("hub.subscriber_backlog: must be at least 1".into());
+        }
+        match self.jwt.algorithm {
+            JwtAlgorithm::HS256 => {
+                if let Some(secret) = &self.jwt.secret {
+                    if secret.expose().len() < 16 {
+                        return invalid(
+                            "jwt.secret: an HS256 key must be at least 16 bytes long".into(),
+                        );
+                    }
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.jwt.public_key.is_none() {
+                    return invalid(format!(
+                        "jwt.public_key: required with algorithm {:?} (path to a PEM public key)",
+                        self.jwt.algorithm
+                    ));
+                }
+            }
+        }
+        for (name, source) in &self.sources {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return invalid(format!(
+                    "sources.{name}: a source name may only hold letters, digits, '-' and '_'"
+                ));
+            }
+            if source.authorization.is_none() && source.secret.is_none() {
+                return invalid(format!(
+                    "sources.{name}: set `authorization` (header value) or `secret`, so that only the real sender can post"
+                ));
+            }
+            if source.kind == SourceKind::Hub {
+                if let Some(secret) = &source.secret {
+                    if crate::ingest::signature::WebhookSecret::parse(secret.expose()).is_err() {
+                        return invalid(format!(
+                            "sources.{name}.secret: a hub secret is a Standard Webhooks key: whsec_ followed by base64"
+                        ));
+                    }
+                }
+            }
+        }
+        let matrix = &self.matrix;
+        let set = [
+            matrix.homeserver.is_some(),
+            matrix.access_token.is_some(),
+            matrix.room_id.is_some(),
+        ];
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return invalid(
+                "matrix: homeserver, access_token and room_id go together; set all three or none"
+                    .into(),
+            );
+        }
+        if let Some(url) = &matrix.homeserver {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!(
+                    "matrix.homeserver: {url:?} must start with https:// (or http:// for a local test server)"
+                ));
+            }
+        }
+        if let Some(url) = &self.redis.url {
+            let u = url.expose();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return invalid("redis.url: must start with redis:// or rediss://".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The listen address (validated by [`Config::validate`]).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("server.listen: {:?}", self.server.listen)))
+    }
+
+    /// The effective configuration as TOML, with every secret replaced by `********`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# could not render configuration: {e}\n"),
+        };
+        mask_secrets(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# {e}\n"))
+    }
+
+    /// The state directory, resolved from the configuration and the environment.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.server.state_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("relais");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(home).join(".local/state/relais");
+        }
+        PathBuf::from(".relais-state")
+    }
+}
+
+fn mask_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if SECRET_KEYS.contains(&key.as_str()) || key == "url" && is_url_with_password(v) {
+                    *v = toml::Value::String("********".into());
+                } else {
+                    mask_secrets(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+fn is_url_with_password(v: &toml::Value) -> bool {
+    // redis://user:password@host: the credentials part is secret.
+    v.as_str()
+        .map(|s| {
+            s.split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('@'))
+        })
+        .unwrap_or(false)
+}
+
+/// Renders figment's error with the key path and where the value came from, without
+/// ever echoing a value (it may be a secret).
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let path = if e.path.is_empty() {
+                String::from("(top level)")
+            } else {
+                e.path.join(".")
+            };
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (from {} {src})", m.name),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            let kind = match &e.kind {
+                figment::error::Kind::InvalidType(actual, expected) => {
+                    format!("invalid type: found {actual}, expected {expected}")
+                }
+                figment::error::Kind::InvalidValue(_, expected) => {
+                    format!("invalid value, expected {expected}")
+                }
+                other => other.to_string(),
+            };
+            format!("{path}: {kind}{origin}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.hub.history_size, 10_000);
+        assert_eq!(c.server.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.server.retry_ms, 2000);
+        assert_eq!(c.server.max_body_bytes, 1 << 20);
+        assert!(c.redis.url.is_none());
+    }
+
+    #[test]
+    fn wildcard_cors_is_refused() {
+        let mut c = Config::default();
+        c.server.cors_origins = vec!["*".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.cors_origins"), "{err}");
+    }
+
+    #[test]
+    fn masked_rendering_hides_secrets() {
+        let mut c = Config::default();
+        c.jwt.secret = Some(Secret::new("super-secret-key-123456"));
+        c.redis.url = Some(Secret::new("redis://u:pw@127.0.0.1:6379"));
+        let text = c.to_masked_toml();
+        assert!(!text.contains("super-secret"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+        assert!(text.contains("********"));
+    }
+}

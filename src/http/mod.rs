@@ -1,0 +1,87 @@
+//! The HTTP side: the router, shared state and the handlers (subscribe, publish, ops).
+
+pub mod auth;
+pub mod error;
+pub mod ops;
+pub mod publish;
+pub mod query;
+pub mod subscribe;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::Hub;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Arc<Config>,
+    /// Local fan-out and history.
+    pub hub: Arc<Hub>,
+    /// Where publishes go.
+    pub bus: Bus,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// Cancelled on SIGTERM: streams end so clients reconnect elsewhere.
+    pub shutdown: CancellationToken,
+    /// Renders `/metrics` (absent when no recorder is installed).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The Mercure hub path.
+pub const MERCURE_PATH: &str = "/.well-known/mercure";
+
+/// Builds the router with its layers.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.server.max_body_bytes;
+    let cors = cors_layer(&state.config.server.cors_origins);
+    let mut app = Router::new()
+        .route(
+            MERCURE_PATH,
+            get(subscribe::subscribe).post(publish::publish),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state);
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::CACHE_CONTROL,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([HeaderName::from_static("last-event-id")]),
+    )
+}

@@ -1,0 +1,149 @@
+//! `POST /.well-known/mercure`: Mercure publish, form-encoded.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+
+use super::auth::identify;
+use super::error::ApiError;
+use super::query::QueryPairs;
+use super::AppState;
+use crate::hub::EventDraft;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// Publishes one update; answers `200 text/plain` with its ID.
+pub async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    require_content_type(&headers, FORM)?;
+    let no_query = QueryPairs::default();
+    let identity = identify(&app.auth, &headers, &no_query)?
+        .ok_or_else(|| ApiError::from(crate::auth::AuthError::Missing))?;
+    let draft = parse_form(&body)?;
+    if let Some(topic) = draft
+        .topics
+        .iter()
+        .find(|t| !identity.publish.iter().any(|s| s.matches(t)))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "the token's mercure.publish claim does not cover topic {topic:?}"
+        )));
+    }
+    let ids = app.bus.publish(vec![draft]).await?;
+    let id = ids.into_iter().next().unwrap_or_default();
+    tracing::debug!(subject = identity.subject.as_deref().unwrap_or("-"), %id, "published");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        id,
+    ))
+}
+
+/// Checks the media type (parameters such as `charset` are allowed).
+pub fn require_content_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
+    let actual = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if actual.as_deref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(expected))
+    }
+}
+
+/// Reads the Mercure publish fields: `topic` (one or more), `data`, `private`, `id`,
+/// `type`, `retry`.
+pub fn parse_form(body: &[u8]) -> Result<EventDraft, ApiError> {
+    let mut topics = Vec::new();
+    let mut data = String::new();
+    let mut private = false;
+    let mut id = None;
+    let mut event_type = None;
+    let mut retry = None;
+    for (key, value) in form_urlencoded::parse(body) {
+        match key.as_ref() {
+            "topic" => {
+                if value.is_empty() {
+                    return Err(ApiError::bad_request("topic", "a topic cannot be empty"));
+                }
+                topics.push(value.into_owned());
+            }
+            "data" => data = value.into_owned(),
+            "private" => private = !matches!(value.as_ref(), "false" | "off" | "0"),
+            "id" => id = Some(single_line("id", value.into_owned())?),
+            "type" => event_type = Some(single_line("type", value.into_owned())?),
+            "retry" => {
+                retry = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request("retry", "retry must be a whole number of milliseconds")
+                })?)
+            }
+            _ => {}
+        }
+    }
+    if topics.is_empty() {
+        return Err(ApiError::bad_request(
+            "topic",
+            "at least one `topic` field is required",
+        ));
+    }
+    let mut draft = EventDraft::new(topics, data).private(private);
+    if let Some(id) = id {
+        if id.is_empty() {
+            return Err(ApiError::bad_request("id", "an event id cannot be empty"));
+        }
+        if id == "earliest" {
+            return Err(ApiError::bad_request(
+                "id",
+                "\"earliest\" is reserved for resuming",
+            ));
+        }
+        draft = draft.with_id(id);
+    }
+    if let Some(t) = event_type.filter(|t| !t.is_empty()) {
+        draft = draft.with_type(t);
+    }
+    draft.retry = retry;
+    Ok(draft)
+}
+
+fn single_line(field: &str, value: String) -> Result<String, ApiError> {
+    if value.contains(['\n', '\r']) {
+        Err(ApiError::bad_request(
+            field,
+            format!("{field} cannot contain a line break"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repeated_topics_and_options() {
+        let d =
+            parse_form(b"topic=a&topic=b%2Fc&data=x%0Ay&private=on&id=42&type=t&retry=10").unwrap();
+        assert_eq!(d.topics, ["a", "b/c"]);
+        assert_eq!(d.data, "x\ny");
+        assert!(d.private);
+        assert_eq!(d.id, "42");
+        assert_eq!(d.event_type.as_deref(), Some("t"));
+        assert_eq!(d.retry, Some(10));
+    }
+
+    #[test]
+    fn refuses_bad_fields() {
+        assert!(parse_form(b"data=x").is_err());
+        assert!(parse_form(b"topic=a&retry=soon").is_err());
+        assert!(parse_form(b"topic=a&id=a%0Ab").is_err());
+        assert!(parse_form(b"topic=").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Events as the hub carries them: the publisher's draft, and the committed event with
+//! its SSE frame encoded once and shared by every subscriber.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::sse;
+
+/// An update before the hub commits it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDraft {
+    /// Unique ID (the publisher's, or generated).
+    pub id: String,
+    /// Topics the update belongs to (at least one).
+    pub topics: Vec<String>,
+    /// SSE `event:` type, if any.
+    pub event_type: Option<String>,
+    /// Payload (may span several lines).
+    pub data: String,
+    /// Private updates reach only subscribers whose claims match one of the topics.
+    pub private: bool,
+    /// Reconnection delay to announce with this event, in milliseconds.
+    pub retry: Option<u64>,
+    /// Who produced it (`mercure` for the publish endpoint, else the webhook source name),
+    /// for metrics.
+    pub source: String,
+}
+
+impl EventDraft {
+    /// A public update with a generated ID.
+    pub fn new(topics: Vec<String>, data: impl Into<String>) -> Self {
+        Self {
+            id: generate_id(),
+            topics,
+            event_type: None,
+            data: data.into(),
+            private: false,
+            retry: None,
+            source: "mercure".into(),
+        }
+    }
+
+    /// Sets the ID.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the SSE event type.
+    pub fn with_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Sets the source label.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// Marks the update private.
+    pub fn private(mut self, private: bool) -> Self {
+        self.private = private;
+        self
+    }
+}
+
+/// A new event ID: `urn:uuid:` and a UUIDv7, so IDs sort by creation time.
+pub fn generate_id() -> String {
+    format!("urn:uuid:{}", uuid::Uuid::now_v7())
+}
+
+/// A committed event.
+#[derive(Debug)]
+pub struct Event {
+    /// Position in this hub's history (1, 2, ...).
+    pub seq: u64,
+    /// Unique ID, sent as `id:`.
+    pub id: String,
+    /// Topics.
+    pub topics: Vec<String>,
+    /// `event:` type.
+    pub event_type: Option<String>,
+    /// Payload.
+    pub data: String,
+    /// Private update.
+    pub private: bool,
+    /// Producer, for metrics.
+    pub source: String,
+    /// The complete SSE frame, encoded once.
+    pub frame: Bytes,
+    /// When the hub committed it, for the delivery latency histogram.
+    pub committed_at: Instant,
+    /// Counts deliveries of this event to subscribers (`relais_events_out_total`).
+    pub delivered: metrics::Counter,
+}
+
+impl Event {
+    /// Commits a draft at position `seq`.
+    pub fn new(seq: u64, draft: EventDraft) -> Self {
+        let frame = sse::encode_event(
+            &draft.id,
+            draft.event_type.as_deref(),
+            draft.retry,
+            &draft.data,
+        );
+        let delivered = metrics::counter!(
+            "relais_events_out_total",
+            "source" => draft.source.clone(),
+            "type" => draft.event_type.clone().unwrap_or_else(|| "message".into()),
+        );
+        Self {
+            seq,
+            id: draft.id,
+            topics: draft.topics,
+            event_type: draft.event_type,
+            data: draft.data,
+            private: draft.private,
+            source: draft.source,
+            frame,
+            committed_at: Instant::now(),
+            delivered,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! relais: a real-time relay. Webhooks from Grist and the DiagPV hub become normalized
+//! events, published on a bus and streamed to JWT-authenticated Server-Sent-Events
+//! subscribers with the Mercure protocol; urgent items go to a Matrix room.
+//!
+//! The modules follow the path of an event:
+//! - [`ingest`]: webhook sources turned into events (pure parsing and normalization);
+//! - [`bus`]: where events are published (in-process, or Redis for several instances);
+//! - [`hub`]: topics, history and fan-out to subscribers;
+//! - [`http`]: SSE subscribe, publish, webhooks, auth and operations endpoints;
+//! - [`auth`]: JWT verification and minting;
+//! - [`config`]: the TOML file and environment overrides;
+//! - [`server`] and [`telemetry`]: running it all.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,133 @@
+//! `relais serve`: assembles the hub, the bus and the router, listens, and shuts down
+//! gracefully on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::keys::KeyOrigin;
+use crate::auth::{Authenticator, KeyMaterial, KeySetupError};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::hub::Hub;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Keys could not be prepared.
+    #[error(transparent)]
+    Keys(#[from] KeySetupError),
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The listener could not be bound or failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs relais until SIGTERM / Ctrl-C.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let metrics = crate::telemetry::init_metrics();
+    let keys = KeyMaterial::load_or_create(&config)?;
+    let auth = Arc::new(Authenticator::new(&keys, &config)?);
+    let hub = Arc::new(Hub::new(
+        config.hub.history_size,
+        config.hub.subscriber_backlog,
+    ));
+    let bus = Bus::local(hub.clone());
+    let addr = config.listen_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    announce(&config, &keys.origin, &bus, local);
+
+    let state = AppState {
+        config: Arc::new(config),
+        hub,
+        bus,
+        auth,
+        shutdown: shutdown.clone(),
+        metrics,
+    };
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: local.to_string(),
+            source,
+        })?;
+    tracing::info!("relais stopped");
+    Ok(())
+}
+
+fn announce(config: &Config, origin: &KeyOrigin, bus: &Bus, local: std::net::SocketAddr) {
+    tracing::info!("relais listening on http://{local}");
+    tracing::info!(
+        "subscribe: GET http://{local}/.well-known/mercure?topic=...  publish: POST same URL"
+    );
+    tracing::info!("bus: {}", bus.describe());
+    let key = match origin {
+        KeyOrigin::Configured => "jwt.secret from configuration".to_string(),
+        KeyOrigin::Generated(p) => format!("generated a new key in {}", p.display()),
+        KeyOrigin::Stored(p) => format!("key generated earlier, in {}", p.display()),
+        KeyOrigin::Pem => "PEM public key from jwt.public_key".to_string(),
+    };
+    tracing::info!(
+        "auth: {:?} JWT ({key}); anonymous subscribers {}",
+        config.jwt.algorithm,
+        if config.hub.allow_anonymous {
+            "allowed (public updates only)"
+        } else {
+            "refused"
+        }
+    );
+    if config.sources.is_empty() {
+        tracing::info!("sources: none configured (see config/relais.toml)");
+    }
+    for (name, source) in &config.sources {
+        tracing::info!("source {name}: {:?} webhook", source.kind);
+    }
+    tracing::info!("history: last {} events", config.hub.history_size);
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: closing streams so clients reconnect elsewhere");
+    shutdown.cancel();
+}
