@@ -273,10 +273,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("RELAIS_").split("__").filter(|k| {
-            // Only RELAIS_<SECTION>__<KEY> variables are configuration.
-            k.as_str().contains("__")
-        }));
+        // Only RELAIS_<SECTION>__<KEY> variables are configuration (the filter sees the
+        // name before `split` turns `__` into dots).
+        figment = figment.merge(
+            Env::prefixed("RELAIS_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
