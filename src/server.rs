@@ -22,6 +22,9 @@ pub enum ServeError {
     /// The configuration is not usable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The Matrix alert client could not be set up.
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::ClientError),
     /// The listener could not be bound or failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -55,6 +58,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })?;
     let shutdown = CancellationToken::new();
     announce(&config, &keys.origin, &bus, local);
+    // Attached to the hub before the first request, beside ingestion and streaming.
+    let _alerts = crate::alerts::start(&config.matrix, &hub, shutdown.clone())?;
 
     let state = AppState {
         config: Arc::new(config),
