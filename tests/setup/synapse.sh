@@ -9,7 +9,8 @@
 # Synapse's default, 0.2/s with a burst of 10, so a test can meet a real 429), starts
 # Synapse, waits for /_matrix/client/versions, registers the given accounts with
 # register_new_matrix_user, prints `READY http://127.0.0.1:PORT` on stdout, then stays
-# until process WATCH_PID (the test binary) is gone or SIGTERM, and stops Synapse.
+# until process WATCH_PID (the test binary) is gone or SIGTERM, stops Synapse and removes
+# DIR.
 #
 # Synapse comes from the virtualenv made by tests/setup/install-deps.sh
 # ($SYNAPSE_VENV, default ~/.cache/relais-test/synapse-venv).
@@ -27,6 +28,7 @@ if [ ! -x "$py" ]; then
 fi
 
 mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
 cd "$dir"
 "$py" -m synapse.app.homeserver --server-name localhost --config-path homeserver.yaml \
   --generate-config --report-stats=no >/dev/null
@@ -76,7 +78,12 @@ stop() {
   done
   kill -9 "$synapse_pid" 2>/dev/null || true
 }
-trap stop EXIT
+cleanup() {
+  stop
+  cd /
+  rm -rf "$dir"
+}
+trap cleanup EXIT
 trap 'exit 0' TERM INT
 
 base="http://127.0.0.1:$port"
