@@ -64,6 +64,12 @@ pub async fn subscribe(
         .or_else(|| query.first("lastEventID"))
         .or_else(|| query.first("Last-Event-ID"));
     let resume = ResumeFrom::parse(resume);
+    if let ResumeFrom::After(id) = &resume {
+        if !app.hub.retains(id) {
+            // Another instance may have sent it moments ago: let this one catch up.
+            app.bus.catch_up().await;
+        }
+    }
 
     let subscription = Subscription { selectors, claims };
     let attach = app.hub.attach(&resume);
