@@ -20,3 +20,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+# Redis bus tests start a real redis-server.
+need_apt redis-server redis-server
