@@ -23,3 +23,23 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 # Redis bus tests start a real redis-server.
 need_apt redis-server redis-server
+
+# Matrix alert tests start a real Synapse homeserver (PyPI matrix-synapse) in a virtualenv
+# kept between runs (it is large); tests/setup/synapse.sh uses it and curl.
+need_apt curl curl
+synapse_venv=${SYNAPSE_VENV:-$HOME/.cache/relais-test/synapse-venv}
+if ! "$synapse_venv/bin/python" -c 'import synapse.app.homeserver' >/dev/null 2>&1; then
+  need_apt python3 python3
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    # Debian ships venv support separately from python3.
+    if [ "$apt_updated" = 0 ]; then
+      apt-get update -qq
+      apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  rm -rf "$synapse_venv"
+  mkdir -p "$(dirname "$synapse_venv")"
+  python3 -m venv "$synapse_venv"
+  "$synapse_venv/bin/pip" install -q --disable-pip-version-check matrix-synapse
+fi
