@@ -208,6 +208,45 @@ mod tests {
     }
 
     #[test]
+    fn matrix_configuration_is_checked() {
+        use crate::config::{AlertRuleConfig, Config, Secret};
+        let mut config = Config::default();
+        config.matrix.homeserver = Some("https://matrix.example".into());
+        config.matrix.access_token = Some(Secret::new("syt_secret_token"));
+        config.matrix.room_id = Some("!room:example".into());
+        config.validate().unwrap();
+        assert!(config.matrix.enabled());
+
+        let error = |c: &Config| c.validate().unwrap_err().to_string();
+        let mut alias = config.clone();
+        alias.matrix.room_id = Some("#oncall:example".into());
+        assert!(error(&alias).contains("matrix.room_id"));
+        let mut partial = config.clone();
+        partial.matrix.access_token = None;
+        assert!(error(&partial).contains("go together"));
+        let mut retries = config.clone();
+        retries.matrix.retry_max = std::time::Duration::from_millis(1);
+        assert!(error(&retries).contains("matrix.retry_max"));
+        let rule = AlertRuleConfig {
+            name: "urgent".into(),
+            event_type: "intervention".into(),
+            field: "priority".into(),
+            values: vec!["Urgente".into()],
+        };
+        let mut twice = config.clone();
+        twice.matrix.rules = vec![rule.clone(), rule.clone()];
+        assert!(error(&twice).contains("matrix.rules[1].name"));
+        let mut empty = config.clone();
+        empty.matrix.rules = vec![AlertRuleConfig {
+            values: vec![],
+            ..rule
+        }];
+        assert!(error(&empty).contains("matrix.rules[0].values"));
+        // The token never shows in check-config output.
+        assert!(!config.to_masked_toml().contains("syt_secret_token"));
+    }
+
+    #[test]
     fn start_does_nothing_without_matrix() {
         let hub = Arc::new(Hub::new(10, 16));
         let started = start(&MatrixConfig::default(), &hub, CancellationToken::new()).unwrap();

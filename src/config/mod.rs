@@ -425,7 +425,7 @@ impl Config {
         if let Some(room) = &matrix.room_id {
             if !room.starts_with('!') || room.len() < 2 || room.chars().any(char::is_whitespace) {
                 return invalid(format!(
-                    "matrix.room_id: {room:?} is not a room ID: it starts with '!' (room settings → Advanced → internal room ID), an alias (#room:server) cannot be used"
+                    "matrix.room_id: {room:?} is not a room ID: a room ID starts with '!' (room settings → Advanced → internal room ID); an alias (#room:server) cannot be used"
                 ));
             }
         }
