@@ -385,6 +385,10 @@ export class LiveStream {
     this.settleMs = opts.settleMs ?? 250;
     this.cb = opts.callbacks || {};
     this.lastEventId = null;
+    // Whether a connection to this relay has opened once: from then on, a reconnection
+    // without a known ID (nothing received yet) replays from `earliest` events that are
+    // all new to this page, so it is a resume, not a snapshot.
+    this.synced = false;
     this.serverRetryMs = null;
     this.attempt = 0;
     this.connections = 0;
@@ -403,6 +407,7 @@ export class LiveStream {
     if (changedRelay) {
       this.relayUrl = relayUrl;
       this.lastEventId = null; // IDs of another relay mean nothing here
+      this.synced = false;
     }
     if (changedToken) this.token = token;
     this.authFailed = false;
@@ -525,7 +530,8 @@ export class LiveStream {
         return 'closed';
       }
       const gap = from !== null && from !== 'earliest' && resp.headers.get('Last-Event-ID') === 'earliest';
-      const fullLoad = from === 'earliest' || gap;
+      const fullLoad = (from === 'earliest' && !this.synced) || gap;
+      this.synced = true;
       if (gap) this.lastEventId = null;
       if (this.cb.onOpen) this.cb.onOpen({ fullLoad, gap, from });
 

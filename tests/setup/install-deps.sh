@@ -20,3 +20,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+# Widget browser tests (tests/suites/browser.sh): Debian's Chromium, Node.js and npm (the
+# pinned playwright-core is installed by the suite itself with `npm ci`; it never downloads
+# a browser).
+need_apt chromium chromium
+need_apt node nodejs
+need_apt npm npm
