@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::keys::KeyOrigin;
 use crate::auth::{Authenticator, KeyMaterial, KeySetupError};
-use crate::bus::Bus;
+use crate::bus::{Bus, RedisBus};
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
@@ -22,6 +22,9 @@ pub enum ServeError {
     /// The configuration is not usable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Redis was configured but could not be reached.
+    #[error(transparent)]
+    Redis(#[from] crate::bus::redis::RedisConnectError),
     /// The listener could not be bound or failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -41,7 +44,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.hub.history_size,
         config.hub.subscriber_backlog,
     ));
-    let bus = Bus::local(hub.clone());
+    let shutdown = CancellationToken::new();
+    let bus = match &config.redis.url {
+        None => Bus::local(hub.clone()),
+        Some(url) => Bus::Redis(
+            RedisBus::connect(
+                url.expose(),
+                config.redis.key_prefix.as_deref().unwrap_or("relais:"),
+                config.hub.history_size,
+                hub.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+    };
     let addr = config.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
@@ -53,7 +69,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         addr: addr.to_string(),
         source,
     })?;
-    let shutdown = CancellationToken::new();
     announce(&config, &keys.origin, &bus, local);
 
     let state = AppState {

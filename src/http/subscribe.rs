@@ -64,6 +64,12 @@ pub async fn subscribe(
         .or_else(|| query.first("lastEventID"))
         .or_else(|| query.first("Last-Event-ID"));
     let resume = ResumeFrom::parse(resume);
+    if let ResumeFrom::After(id) = &resume {
+        if !app.hub.retains(id) {
+            // Another instance may have sent it moments ago: let this one catch up.
+            app.bus.catch_up().await;
+        }
+    }
 
     let subscription = Subscription { selectors, claims };
     let attach = app.hub.attach(&resume);
@@ -71,11 +77,13 @@ pub async fn subscribe(
 
     let mut preamble = BytesMut::new();
     preamble.extend_from_slice(&sse::encode_retry(app.config.server.retry_ms));
-    let mut replayed = 0u64;
-    for event in attach.replay.iter().filter(|e| subscription.wants(e)) {
-        preamble.extend_from_slice(&event.frame);
-        event.delivered.increment(1);
-        replayed += 1;
+    let mut replay = Batch::default();
+    for event in &attach.replay {
+        replay.offer(&subscription, event);
+    }
+    let replayed = replay.count;
+    if let Some((bytes, _, _)) = replay.finish() {
+        preamble.extend_from_slice(&bytes);
     }
 
     let session = Session::start(subject, &subscription, replayed, gap);
@@ -227,12 +235,17 @@ fn event_stream(
 }
 
 /// The frames one wake-up of a subscriber writes at once.
+///
+/// Delivery counters are shared by all subscribers; to keep their cache line quiet, a
+/// batch adds to them once per run of events with the same counter (a burst of one
+/// source's rows is one run), not once per event.
 #[derive(Default)]
 struct Batch {
     single: Option<Bytes>,
     joined: BytesMut,
     count: u64,
     oldest: Option<Instant>,
+    run: Option<(Arc<Event>, u64)>,
 }
 
 impl Batch {
@@ -240,7 +253,18 @@ impl Batch {
         if !subscription.wants(event) {
             return;
         }
-        event.delivered.increment(1);
+        match &mut self.run {
+            Some((first, n))
+                if first.source == event.source && first.event_type == event.event_type =>
+            {
+                *n += 1
+            }
+            run => {
+                if let Some((first, n)) = run.replace((event.clone(), 1)) {
+                    first.delivered.increment(n);
+                }
+            }
+        }
         self.count += 1;
         self.oldest.get_or_insert(event.committed_at);
         match self.single.take() {
@@ -257,7 +281,10 @@ impl Batch {
         self.single.as_ref().map_or(self.joined.len(), Bytes::len)
     }
 
-    fn finish(self) -> Option<(Bytes, u64, Instant)> {
+    fn finish(mut self) -> Option<(Bytes, u64, Instant)> {
+        if let Some((first, n)) = self.run.take() {
+            first.delivered.increment(n);
+        }
         let oldest = self.oldest?;
         let bytes = match self.single {
             Some(b) => b,

@@ -21,6 +21,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
+# Redis bus tests start a real redis-server.
+need_apt redis-server redis-server
+
 # Widget browser tests (tests/suites/browser.sh): Debian's Chromium, Node.js and npm (the
 # pinned playwright-core is installed by the suite itself with `npm ci`; it never downloads
 # a browser).

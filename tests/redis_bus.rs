@@ -1,0 +1,176 @@
+//! Scale-out on Redis: two real relais processes on one real redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::*;
+
+fn on(redis: &RedisServer) -> Relais {
+    Relais::start(&[("RELAIS_REDIS__URL", redis.url().as_str())])
+}
+
+fn all() -> String {
+    token("alice", &["*"], &["*"])
+}
+
+fn ids(events: Vec<relais::hub::sse::ParsedEvent>) -> Vec<String> {
+    events.into_iter().map(|e| e.id).collect()
+}
+
+#[tokio::test]
+async fn publish_on_one_instance_reaches_subscribers_of_both() {
+    let redis = RedisServer::start();
+    let (a, b) = (on(&redis), on(&redis));
+    let tok = all();
+    let mut on_a = SseClient::connect(&a, "topic=t", Some(&tok), &[]).await;
+    let mut on_b = SseClient::connect(&b, "topic=t", Some(&tok), &[]).await;
+    let e1 = publish_ok(&a, &tok, "t", "from a").await;
+    let e2 = publish_ok(&b, &tok, "t", "from b").await;
+    assert_eq!(ids(on_a.events(2, ARRIVE).await), [e1.clone(), e2.clone()]);
+    assert_eq!(
+        ids(on_b.events(2, ARRIVE).await),
+        [e1, e2],
+        "same order everywhere"
+    );
+    assert!(on_b.events(1, QUIET).await.is_empty(), "no duplicate");
+    assert!(a.logged("Redis bus"));
+}
+
+#[tokio::test]
+async fn drop_on_one_instance_and_resume_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, b) = (on(&redis), on(&redis));
+    let tok = all();
+    let mut sub = SseClient::connect(&a, "topic=t", Some(&tok), &[]).await;
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(publish_ok(&a, &tok, "t", &i.to_string()).await);
+    }
+    let seen = ids(sub.events(3, ARRIVE).await);
+    assert_eq!(seen, published);
+    drop(sub);
+    let mut missed = Vec::new();
+    for i in 3..8 {
+        let target = if i % 2 == 0 { &a } else { &b };
+        missed.push(publish_ok(target, &tok, "t", &i.to_string()).await);
+    }
+    let last = seen.last().unwrap().clone();
+    let mut resumed =
+        SseClient::connect(&b, "topic=t", Some(&tok), &[("Last-Event-ID", &last)]).await;
+    assert!(
+        resumed.headers.get("last-event-id").is_none(),
+        "B knows A's IDs: no gap"
+    );
+    assert_eq!(ids(resumed.events(5, ARRIVE).await), missed);
+    let live = publish_ok(&a, &tok, "t", "live").await;
+    assert_eq!(ids(resumed.events(2, Duration::from_secs(1)).await), [live]);
+
+    // A third instance started afterwards loads the history from Redis and resumes too.
+    let c = on(&redis);
+    let mut late = SseClient::connect(
+        &c,
+        "topic=t",
+        Some(&tok),
+        &[("Last-Event-ID", &published[0])],
+    )
+    .await;
+    assert_eq!(late.events(8, ARRIVE).await.len(), 8);
+}
+
+#[tokio::test]
+async fn publisher_ids_are_unique_across_instances() {
+    let redis = RedisServer::start();
+    let (a, b) = (on(&redis), on(&redis));
+    let tok = all();
+    assert_eq!(
+        publish(&a, &tok, &[("topic", "t"), ("id", "x-1")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        publish(&b, &tok, &[("topic", "t"), ("id", "x-1")])
+            .await
+            .status(),
+        409
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_gives_503_then_everything_acknowledged_is_delivered() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (on(&redis), on(&redis));
+    let tok = all();
+    let mut sub_a = SseClient::connect(&a, "topic=t", Some(&tok), &[]).await;
+    let mut sub_b = SseClient::connect(&b, "topic=t", Some(&tok), &[]).await;
+    let mut acknowledged = vec![publish_ok(&a, &tok, "t", "before").await];
+    assert_eq!(ids(sub_b.events(1, ARRIVE).await), acknowledged);
+
+    redis.stop();
+    let c = client();
+    let mut refused = 0;
+    for i in 0..5 {
+        let r = publish(
+            &a,
+            &tok,
+            &[("topic", "t"), ("data", &format!("during {i}"))],
+        )
+        .await;
+        match r.status().as_u16() {
+            200 => acknowledged.push(r.text().await.unwrap()),
+            503 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "publishes are refused with 503 while Redis is down"
+    );
+    let ready = c.get(format!("{}/readyz", b.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readyz reports the outage");
+
+    redis.restart();
+    // Publishing works again once the instances have reconnected.
+    let mut after = None;
+    for _ in 0..100 {
+        let r = publish(&b, &tok, &[("topic", "t"), ("data", "after")]).await;
+        if r.status() == 200 {
+            after = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acknowledged.push(after.expect("publishing recovers after Redis restarts"));
+    for _ in 0..50 {
+        if c.get(format!("{}/readyz", a.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        c.get(format!("{}/readyz", a.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Subscribers stayed connected and get every acknowledged event, once, in order.
+    let got_a = ids(sub_a
+        .events(acknowledged.len(), Duration::from_secs(15))
+        .await);
+    assert_eq!(got_a, acknowledged);
+    let got_b = ids(sub_b
+        .events(acknowledged.len() - 1, Duration::from_secs(15))
+        .await);
+    assert_eq!(got_b, acknowledged[1..]);
+}
