@@ -754,6 +754,7 @@ export class Dashboard {
     $('stat-done').textContent = String(stats.done);
     $('stat-blocked').textContent = String(stats.blocked);
     $('stat-urgent').textContent = String(stats.urgent);
+    $('stat-urgent').parentElement.classList.toggle('alert', stats.urgent > 0);
 
     const active = sortActive(records);
     const list = $('active-list');
