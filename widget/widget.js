@@ -613,6 +613,7 @@ export class Dashboard {
     this.pendingGapNotice = false;
     this.stream = null;
     this.mappingMissing = false;
+    this.defaultRelay = window.location.origin;
   }
 
   // -- model -----------------------------------------------------------------------------
@@ -726,13 +727,14 @@ export class Dashboard {
   // -- rendering -------------------------------------------------------------------------
 
   flash(key) {
-    this.flashUntil.set(key, Date.now() + 2500);
+    const ms = this.config.flashMs ?? 2500;
+    this.flashUntil.set(key, Date.now() + ms);
     setTimeout(() => {
       if ((this.flashUntil.get(key) ?? 0) <= Date.now()) {
         this.flashUntil.delete(key);
         this.scheduleRender();
       }
-    }, 2600);
+    }, ms + 100);
   }
 
   scheduleRender() {
@@ -855,7 +857,9 @@ export class Dashboard {
     msg.textContent = message || '';
     msg.hidden = !message;
     $('relay-field').hidden = this.mode !== 'grist';
-    $('relay-url').value = this.stream ? this.stream.relayUrl : '';
+    const relay = this.stream ? this.stream.relayUrl : '';
+    $('relay-url').value = relay === this.defaultRelay ? '' : relay;
+    $('relay-url').placeholder = this.defaultRelay || 'https://relais.example.fr';
     $('token').value = '';
     $('token').placeholder = this.stream && this.stream.token ? '(inchangé)' : '';
     if (!dlg.open) dlg.showModal();
@@ -868,9 +872,10 @@ export class Dashboard {
     $('settings').close();
     if (this.mode === 'grist') {
       // Stored in the document: a relay URL and a read-only subscribe token, never more.
-      if (relayUrl) await this.grist.setOption('relayUrl', relayUrl);
+      // An empty relay URL means "this page's origin" (relais serving the widget).
+      await this.grist.setOption('relayUrl', relayUrl);
       if (token) await this.grist.setOption('token', token);
-      this.stream.configure({ relayUrl: relayUrl || undefined, token: token || undefined });
+      this.stream.configure({ relayUrl: relayUrl || this.defaultRelay, token: token || undefined });
     } else if (token) {
       try { sessionStorage.setItem('relais.widget.token', token); } catch { /* storage off */ }
       this.stream.configure({ token });
@@ -897,6 +902,14 @@ export class Dashboard {
       if (this.stream) {
         this.stream.attempt = 0;
         this.stream.wake();
+      }
+    });
+    // A relay URL on another origin than the page's is refused by the CSP relais serves
+    // the widget with (connect-src 'self'): say so instead of retrying silently.
+    document.addEventListener('securitypolicyviolation', (e) => {
+      if (e.effectiveDirective === 'connect-src' || e.violatedDirective === 'connect-src') {
+        this.notice(`Connexion à ${e.blockedURI} refusée par la politique de sécurité de la page : `
+          + "un widget servi par relais ne se connecte qu'à ce relais (laissez l'URL du relais vide).");
       }
     });
     // Laptop back from sleep: check the connection at once instead of waiting the backoff.
@@ -947,6 +960,7 @@ export class Dashboard {
     document.body.dataset.mode = 'grist';
     // Served by relais (http/https origin): the relay is this origin unless configured.
     const defaultRelay = /^https?:$/.test(window.location.protocol) ? window.location.origin : '';
+    this.defaultRelay = defaultRelay;
     this.makeStream(defaultRelay, '', 'now');
     grist.ready({
       requiredAccess: 'read table',
@@ -1037,7 +1051,7 @@ async function findGrist() {
 
 async function boot() {
   // Test and tuning hook: `window.relaisWidgetConfig = {backoffBaseMs, backoffCapMs,
-  // idleTimeoutMs, settleMs, toastMs}` defined before this module runs.
+  // idleTimeoutMs, settleMs, toastMs, flashMs}` defined before this module runs.
   const config = window.relaisWidgetConfig || {};
   const app = new Dashboard(config);
   window.relaisWidget = app;

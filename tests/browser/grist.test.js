@@ -185,7 +185,9 @@ test('Grist mode: settings panel through onEditOptions saves with setOption', as
   const page = await newPage(browser, { initScript: fakeGrist });
   await page.goto(`${relais.base}/widget/`);
   await page.waitForFunction(() => window.__gristHost.onOptionsCb);
-  await page.evaluate(() => window.__gristHost.sendOptions({ relayUrl: 'http://127.0.0.1:9', token: '' }));
+  // Another origin than the page's: the CSP blocks it and the widget explains why.
+  await page.evaluate(() => window.__gristHost.sendOptions({ relayUrl: 'http://127.0.0.1:9', token: 'x' }));
+  await page.waitForFunction(() => /politique de sécurité/.test(document.getElementById('notice').textContent));
   await page.evaluate(() => window.__gristHost.readyOptions.onEditOptions());
   await page.waitForSelector('#settings[open]');
   assert.equal(await page.isVisible('#relay-url'), true, 'relay URL is editable in Grist mode');

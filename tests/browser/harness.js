@@ -17,7 +17,9 @@ export const ARTIFACTS = path.join(ROOT, 'tests/artifacts');
 export const SECRET = 'browser-test-secret-0123456789abcdef';
 
 /** Widget tuning for tests: quick reconnection, long-lived toasts. */
-export const WIDGET_CONFIG = { backoffBaseMs: 200, backoffCapMs: 1500, settleMs: 150, toastMs: 30000 };
+export const WIDGET_CONFIG = {
+  backoffBaseMs: 200, backoffCapMs: 1500, settleMs: 150, toastMs: 30000, flashMs: 15000,
+};
 
 function relaisEnv(stateDir, listen) {
   const env = {};
