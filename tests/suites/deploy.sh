@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 
-VENV=${RELAIS_TEST_VENV:-$HOME/.cache/relais-test/venv}
+VENV=${RELAIS_DEPLOY_VENV:-$HOME/.cache/relais-test/deploy-venv}
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 WORK=$(mktemp -d)
 # The live check runs in a subshell: its processes are stopped through their pid files.
@@ -107,8 +107,11 @@ relais_bin() {
   echo "$ROOT/target/debug/relais"
 }
 
-# A real relais behind the real snippet: the stream must reach the client through nginx as
-# it is written (with proxy_buffering on, nothing arrives until a buffer fills).
+# A real relais behind the real snippet: the stream opens through nginx and its preamble and
+# an event published through nginx reach the client while the stream stays open; webhook
+# bodies over 1 MiB and /metrics are refused by nginx. (relais also sends
+# X-Accel-Buffering: no, so the buffering directives themselves are checked statically by
+# check_deploy.py.)
 nginx_live_sse() {
   local bin relais_port dir tok body code
   bin=$(relais_bin)
