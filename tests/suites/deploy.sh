@@ -156,6 +156,17 @@ nginx_live_sse() {
   code=$(curl -sS -o /dev/null -w '%{http_code}' "$base/metrics")
   [ "$code" = 403 ] || { echo "/metrics through nginx: HTTP $code, expected 403"; return 1; }
   echo "1.1 MB body: 413 from nginx; /metrics: 403"
+
+  # compose.yaml's nginx healthcheck command, run against this nginx.
+  "$VENV/bin/python" - "$NGINX_PORT" <<'PY' || return 1
+import subprocess, sys, yaml
+test = yaml.safe_load(open("deploy/compose.yaml"))["services"]["nginx"]["healthcheck"]["test"]
+assert test[0] == "CMD", test
+cmd = [a.replace("127.0.0.1/80", "127.0.0.1/" + sys.argv[1]) for a in test[1:]]
+rc = subprocess.run(cmd, timeout=10).returncode
+print("compose nginx healthcheck:", "healthy" if rc == 0 else f"unhealthy (exit {rc})")
+sys.exit(rc)
+PY
 }
 
 validators() {
