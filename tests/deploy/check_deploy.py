@@ -121,6 +121,12 @@ def check_dockerfile() -> None:
     builds = [r for r in runs if "cargo build --release --locked" in r]
     if len(builds) < 2:
         problem(where, "builder: expected a dependency layer and a source layer, both `cargo build --release --locked`")
+    # C libraries a dependency links against must be in the (slim) builder image.
+    lock = (ROOT / "Cargo.lock").read_text()
+    builder_runs = " ".join(runs)
+    for crate, packages in (("openssl-sys", ("libssl-dev", "pkg-config")),):
+        if f'name = "{crate}"' in lock and not all(p in builder_runs for p in packages):
+            problem(where, f"builder: Cargo.lock has {crate}; install {' '.join(packages)} first")
     ignore = dockerignore_patterns()
     for c in builder["commands"]:
         if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags):
