@@ -1,4 +1,5 @@
-//! The HTTP side: the router, shared state and the handlers (subscribe, publish, ops).
+//! The HTTP side: the router, shared state and the handlers (subscribe, publish, ops,
+//! the dashboard widget).
 
 pub mod auth;
 pub mod error;
@@ -6,6 +7,7 @@ pub mod ops;
 pub mod publish;
 pub mod query;
 pub mod subscribe;
+pub mod widget;
 
 use std::sync::Arc;
 
@@ -54,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/widget", get(widget::redirect))
+        .route("/widget/", get(widget::index))
+        .route("/widget/widget.js", get(widget::script))
+        .route("/widget/widget.css", get(widget::style))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
