@@ -119,7 +119,7 @@ async fn handle(
     match &result {
         Ok(_) => tracing::info!(
             source = %label,
-            kind = kind_name(kind),
+            kind = %kind_name(kind),
             rows = outcome.rows,
             events = s.published,
             unchanged = s.unchanged,
@@ -130,7 +130,7 @@ async fn handle(
         ),
         Err(e) => tracing::warn!(
             source = %label,
-            kind = kind_name(kind),
+            kind = %kind_name(kind),
             rows = outcome.rows,
             events = 0,
             status = status.as_u16(),
