@@ -12,6 +12,7 @@ use crate::bus::{Bus, RedisBus};
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
+use crate::ingest::{Ingestor, Source};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .await?,
         ),
     };
+    let ingest = Arc::new(Ingestor::new(&config, bus.clone())?);
     let addr = config.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
@@ -72,7 +74,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         addr: addr.to_string(),
         source,
     })?;
-    announce(&config, &keys.origin, &bus, local);
+    announce(&config, &keys.origin, &bus, &ingest, local);
     // Attached to the hub before the first request (and after the Redis bus loaded its
     // history, so past events raise no alert), beside ingestion and streaming.
     let _alerts = crate::alerts::start(&config.matrix, &hub, shutdown.clone())?;
@@ -84,6 +86,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         auth,
         shutdown: shutdown.clone(),
         metrics,
+        ingest,
     };
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let app = router(state);
@@ -98,7 +101,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn announce(config: &Config, origin: &KeyOrigin, bus: &Bus, local: std::net::SocketAddr) {
+fn announce(
+    config: &Config,
+    origin: &KeyOrigin,
+    bus: &Bus,
+    ingest: &Ingestor,
+    local: std::net::SocketAddr,
+) {
     tracing::info!("relais listening on http://{local}");
     tracing::info!(
         "subscribe: GET http://{local}/.well-known/mercure?topic=...  publish: POST same URL"
@@ -123,9 +132,53 @@ fn announce(config: &Config, origin: &KeyOrigin, bus: &Bus, local: std::net::Soc
         tracing::info!("sources: none configured (see config/relais.toml)");
     }
     for (name, source) in &config.sources {
-        tracing::info!("source {name}: {:?} webhook", source.kind);
+        announce_source(local, name, source, ingest.source(name));
+    }
+    if !config.sources.is_empty() {
+        tracing::info!("record state: {}", ingest.store().describe());
     }
     tracing::info!("history: last {} events", config.hub.history_size);
+}
+
+/// One line per source: its webhook URL, auth mode, event type and topics (never a
+/// secret).
+fn announce_source(
+    local: std::net::SocketAddr,
+    name: &str,
+    config: &crate::config::SourceConfig,
+    source: Option<&Source>,
+) {
+    let Some(source) = source else { return };
+    let mut auth = Vec::new();
+    match source {
+        Source::Grist(_) => {
+            if config.authorization.is_some() {
+                auth.push("Authorization header");
+            }
+            if config.secret.is_some() {
+                auth.push("?secret= query parameter");
+            }
+        }
+        Source::Hub(_) => {
+            if config.secret.is_some() {
+                auth.push("Standard Webhooks signature");
+            }
+            if config.authorization.is_some() {
+                auth.push("Authorization header");
+            }
+        }
+    }
+    let (path, extra) = match source {
+        Source::Grist(g) => ("grist", format!(", table {}", g.table)),
+        Source::Hub(_) => ("hub", String::new()),
+    };
+    tracing::info!(
+        "source {name}: POST http://{local}/hooks/{path}/{name} (auth: {}; events: {}{extra}; topics: {}{})",
+        auth.join(" or "),
+        source.event_type(),
+        source.topics().join(", "),
+        if config.private { "; private" } else { "" },
+    );
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

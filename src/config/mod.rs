@@ -140,6 +140,10 @@ pub struct HubConfig {
     /// How many events a subscriber may fall behind before it is disconnected (it then
     /// reconnects and resumes from its last ID). Rounded up to a power of two.
     pub subscriber_backlog: usize,
+    /// How many webhook records (Grist rows, DiagPV modules; all sources together) relais
+    /// remembers to compute `change`/`changed`/`previous` and absorb retries; the least
+    /// recently used is forgotten first.
+    pub record_state_capacity: usize,
 }
 
 impl Default for HubConfig {
@@ -148,6 +152,7 @@ impl Default for HubConfig {
             allow_anonymous: false,
             history_size: 10_000,
             subscriber_backlog: 8192,
+            record_state_capacity: crate::ingest::state::DEFAULT_CAPACITY,
         }
     }
 }
@@ -359,6 +364,9 @@ impl Config {
         if self.hub.subscriber_backlog == 0 {
             return invalid("hub.subscriber_backlog: must be at least 1".into());
         }
+        if self.hub.record_state_capacity == 0 {
+            return invalid("hub.record_state_capacity: must be at least 1".into());
+        }
         match self.jwt.algorithm {
             JwtAlgorithm::HS256 => {
                 if let Some(secret) = &self.jwt.secret {
@@ -392,6 +400,9 @@ impl Config {
                 return invalid(format!(
                     "sources.{name}: set `authorization` (header value) or `secret`, so that only the real sender can post"
                 ));
+            }
+            if let Err(e) = crate::ingest::Source::from_config(name, source) {
+                return invalid(format!("sources.{name}.{e}"));
             }
             if source.kind == SourceKind::Hub {
                 if let Some(secret) = &source.secret {
