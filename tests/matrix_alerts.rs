@@ -351,7 +351,7 @@ async fn switch_to(target: &str) -> Switch {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_homeserver_that_is_down_delays_alerts_but_never_publishes_or_streams() {
+async fn a_homeserver_that_is_down_delays_alerts_but_never_webhooks_publishes_or_streams() {
     let hs = synapse().await;
     let room = hs.room_for(&hs.bot).await;
     let switch = switch_to(&hs.base).await;
@@ -362,6 +362,11 @@ async fn a_homeserver_that_is_down_delays_alerts_but_never_publishes_or_streams(
         &[
             ("RELAIS_MATRIX__RETRY_INITIAL", "100ms"),
             ("RELAIS_MATRIX__RETRY_MAX", "400ms"),
+            ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
+            (
+                "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
+                "Bearer grist-hook-secret",
+            ),
         ],
     );
     let sub = token("dashboard", &["interventions"], &[]);
@@ -393,17 +398,13 @@ async fn a_homeserver_that_is_down_delays_alerts_but_never_publishes_or_streams(
         "relais did not retry ({failed} failed attempts)"
     );
     assert!(switch.refused.load(Ordering::SeqCst) >= 2);
-    // ...and the stream and publishes still flow while it keeps retrying.
-    let second = publish_intervention(
-        &relais,
-        &intervention(32, "Urgente", "Bloqué", "add", json!({})),
-    )
-    .await;
+    // ...and webhooks and the stream still flow while it keeps retrying.
+    post_grist(&relais, json!([grist_row(32, "Urgente", "Bloqué")])).await;
     let got = sse
         .next_event(ARRIVE)
         .await
         .expect("second SSE event while Matrix is down");
-    assert_eq!(got.id, second);
+    assert!(got.data.contains("INT-2024-032"), "{}", got.data);
     assert_eq!(metric(&relais, "relais_alerts_pending", "").await, 2.0);
     assert!(hs.notices(&room, &hs.bot).await.is_empty());
     assert!(relais.logged("matrix: send failed"));
@@ -413,7 +414,10 @@ async fn a_homeserver_that_is_down_delays_alerts_but_never_publishes_or_streams(
     let notices = hs.wait_notices(&room, &hs.bot, 2, DELIVER).await;
     assert_eq!(
         bodies(&notices),
-        [urgent_body(31, "En cours"), urgent_body(32, "Bloqué")]
+        [
+            urgent_body(31, "En cours"),
+            "🚨 Intervention urgente #INT-2024-032 — Avenue de la République, Marseille (Marie Durand) : Bloqué".to_string()
+        ]
     );
     tokio::time::sleep(QUIET).await;
     assert_eq!(hs.notices(&room, &hs.bot).await.len(), 2);
@@ -457,4 +461,74 @@ async fn a_room_the_bot_is_not_in_is_reported_and_not_retried_forever() {
         !relais.logged(&hs.bot.token),
         "the access token reached the logs"
     );
+}
+
+/// A Grist row of the CEREMA `Interventions` table, as Grist's webhook sends it.
+fn grist_row(row: u64, priority: &str, status: &str) -> Value {
+    json!({
+        "id": row, "manualSort": row, "ID": format!("INT-2024-{row:03}"),
+        "Agent": "Marie Durand", "Localisation": "Avenue de la République, Marseille",
+        "Type": "Voirie", "Statut": status, "Priorite": priority,
+        "Derniere_MAJ": 1732000000, "Commentaire": "",
+    })
+}
+
+async fn post_grist(relais: &Relais, rows: Value) {
+    let response = common::client()
+        .post(format!("{}/hooks/grist/cerema", relais.base))
+        .header("Authorization", "Bearer grist-hook-secret")
+        .json(&rows)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(response.status(), 200, "webhook refused");
+}
+
+#[tokio::test]
+async fn a_grist_row_turning_urgent_posts_one_notice_end_to_end() {
+    let hs = synapse().await;
+    let room = hs.room_for(&hs.bot).await;
+    let relais = relais_for(
+        &hs.base,
+        &hs.bot,
+        &room,
+        &[
+            ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
+            (
+                "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
+                "Bearer grist-hook-secret",
+            ),
+        ],
+    );
+    let body = |row: u64, status: &str| {
+        format!(
+            "🚨 Intervention urgente #INT-2024-{row:03} — Avenue de la République, Marseille (Marie Durand) : {status}"
+        )
+    };
+
+    // A new urgent row: one notice.
+    post_grist(&relais, json!([grist_row(12, "Urgente", "En cours")])).await;
+    let notices = hs.wait_notices(&room, &hs.bot, 1, DELIVER).await;
+    assert_eq!(bodies(&notices), [body(12, "En cours")]);
+
+    // Grist retrying the same row, then the status changing while it stays urgent, then
+    // a normal row: nothing. A second urgent row closes the sequence (alerts are posted
+    // in order, so anything raised before it would be in the room by then).
+    post_grist(&relais, json!([grist_row(12, "Urgente", "En cours")])).await;
+    post_grist(
+        &relais,
+        json!([
+            grist_row(12, "Urgente", "Bloqué"),
+            grist_row(14, "Basse", "En cours")
+        ]),
+    )
+    .await;
+    post_grist(&relais, json!([grist_row(14, "Urgente", "En cours")])).await;
+    let notices = hs.wait_notices(&room, &hs.bot, 2, DELIVER).await;
+    assert_eq!(
+        bodies(&notices),
+        [body(12, "En cours"), body(14, "En cours")]
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(hs.notices(&room, &hs.bot).await.len(), 2);
 }
