@@ -88,7 +88,7 @@ trap 'exit 0' TERM INT
 
 base="http://127.0.0.1:$port"
 ready=0
-for _ in $(seq 1 300); do
+for _ in $(seq 1 600); do  # up to 2 minutes on a loaded machine
   if curl -fsS "$base/_matrix/client/versions" >/dev/null 2>&1; then
     ready=1
     break
