@@ -507,8 +507,18 @@ fn the_documented_example_configuration_is_valid() {
         &["check-config", "--config", example],
         &[("RELAIS_SERVER__STATE_DIR", dir.path().to_str().unwrap())],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("[sources.cerema]") && text.contains("[sources.diagpv]"), "{text}");
-    assert!(!text.contains("change-me") && !text.contains("whsec_"), "secrets masked: {text}");
+    assert!(
+        text.contains("[sources.cerema]") && text.contains("[sources.diagpv]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("change-me") && !text.contains("whsec_"),
+        "secrets masked: {text}"
+    );
 }
