@@ -174,3 +174,156 @@ async fn redis_outage_gives_503_then_everything_acknowledged_is_delivered() {
         .await);
     assert_eq!(got_b, acknowledged[1..]);
 }
+
+fn grist_env(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("RELAIS_REDIS__URL", redis.url()),
+        ("RELAIS_SOURCES__CEREMA__KIND", "grist".into()),
+        (
+            "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
+            "Bearer grist".into(),
+        ),
+    ]
+}
+
+fn start_grist(redis: &RedisServer) -> Relais {
+    let env = grist_env(redis);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Relais::start(&pairs)
+}
+
+fn grist_batch(statut: &str) -> String {
+    let rows: Vec<serde_json::Value> = (1..=20)
+        .map(|id| {
+            serde_json::json!({
+                "id": id, "manualSort": id, "ID": format!("INT-{id}"), "Agent": "Marie Durand",
+                "Localisation": "Rue de Rome", "Type": "Voirie", "Statut": statut,
+                "Priorite": "Normale", "Derniere_MAJ": 1732000000, "Commentaire": ""
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+async fn post_grist(relais: &Relais, body: &str) -> u16 {
+    client()
+        .post(format!("{}/hooks/grist/cerema", relais.base))
+        .header("authorization", "Bearer grist")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_same_grist_batch_on_two_instances_yields_one_event_per_row() {
+    let redis = RedisServer::start();
+    let (a, b) = (start_grist(&redis), start_grist(&redis));
+    let tok = token("w", &["interventions"], &[]);
+    let mut sub = SseClient::connect(&a, "topic=interventions", Some(&tok), &[]).await;
+    let mut expected = 0;
+    for statut in ["Planifiée", "En cours", "Terminé"] {
+        let body = grist_batch(statut);
+        // Grist's retries of one batch land on both instances at the same moment.
+        let (ra, rb, ra2) = tokio::join!(
+            post_grist(&a, &body),
+            post_grist(&b, &body),
+            post_grist(&a, &body)
+        );
+        assert_eq!((ra, rb, ra2), (200, 200, 200));
+        expected += 20;
+    }
+    let events = sub.events(expected + 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        events.len(),
+        expected,
+        "one event per row and change, whatever instance got it"
+    );
+    // The second batch's events are updates whose `previous` is the first batch's state.
+    let second: serde_json::Value = serde_json::from_str(&events[20].data).unwrap();
+    assert_eq!(second["change"], "update");
+    assert_eq!(second["previous"]["status"], "Planifiée");
+}
+
+#[tokio::test]
+async fn webhooks_get_503_while_redis_is_down_and_nothing_is_lost() {
+    let mut redis = RedisServer::start();
+    let a = start_grist(&redis);
+    let tok = token("w", &["interventions"], &[]);
+    let mut sub = SseClient::connect(&a, "topic=interventions", Some(&tok), &[]).await;
+    let body = grist_batch("En cours");
+    redis.stop();
+    assert_eq!(post_grist(&a, &body).await, 503, "the sender must retry");
+    redis.restart();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = post_grist(&a, &body).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    // The refused delivery stored nothing, so its retry is published in full, as adds.
+    let events = sub.events(21, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 20);
+    let first: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(first["change"], "add");
+}
+
+#[tokio::test]
+async fn a_record_changed_by_another_instance_is_a_conflict_and_changes_nothing() {
+    use relais::bus::redis::{Fenced, RedisBus};
+    use relais::hub::{EventDraft, Hub, ResumeFrom};
+    use relais::ingest::record::StoredRecord;
+    use relais::ingest::state::RedisStateStore;
+
+    let redis = RedisServer::start();
+    let hub = std::sync::Arc::new(Hub::new(100, 64));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let bus = RedisBus::connect(&redis.url(), "t:", 100, hub.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let store = RedisStateStore::new(bus.clone(), Duration::from_secs(60));
+    let record = |status: &str| StoredRecord {
+        values: [("status".to_string(), serde_json::json!(status))].into(),
+        version: None,
+    };
+    let keys = vec!["row-1".to_string()];
+    let draft = || vec![EventDraft::new(vec!["t".into()], "x")];
+
+    let before = store.load("src", &keys).await.unwrap();
+    assert!(before.known.is_empty());
+    // Another instance stores a state for the record after we loaded it...
+    let other = store.load("src", &keys).await.unwrap();
+    let outcome = store
+        .commit(
+            "src",
+            &other.fence,
+            draft(),
+            &[("row-1".into(), record("A"))],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Fenced::Published(_)));
+    // ...so our commit, fenced on the old (absent) value, is refused and publishes nothing.
+    let outcome = store
+        .commit(
+            "src",
+            &before.fence,
+            draft(),
+            &[("row-1".into(), record("B"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Fenced::Conflict);
+    let now = store.load("src", &keys).await.unwrap();
+    assert_eq!(now.known["row-1"], record("A"));
+    // Only the first event reached the stream (and, through the reader, the hub).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hub.attach(&ResumeFrom::Earliest).replay.len(), 1);
+    shutdown.cancel();
+}

@@ -38,28 +38,49 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_millis(1500);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 const PUBLISH_SCRIPT: &str = r#"
--- KEYS[1] stream; ARGV: maxlen, id key prefix, id ttl, count, then 8 fields per event:
--- id, custom-id flag, topics (JSON), type, data, private, retry, source
-local n = tonumber(ARGV[4])
-for i = 0, n - 1 do
-  local b = 5 + i * 8
+-- KEYS[1] stream. ARGV[1] maxlen, ARGV[2] publisher-id key prefix, ARGV[3] publisher-id
+-- ttl, ARGV[4] record-state ttl, ARGV[5] fences, ARGV[6] writes, ARGV[7] events; then the
+-- fences as (key, expected value) pairs ('' = absent), the writes as (key, value) pairs,
+-- and the events, 8 fields each: id, custom-id flag, topics (JSON), type, data, private,
+-- retry, source. Everything or nothing happens.
+local nf, nw, ne = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local writes_at = 8 + 2 * nf
+local events_at = writes_at + 2 * nw
+for f = 0, nf - 1 do
+  local key = ARGV[8 + 2 * f]
+  if (redis.call('GET', key) or '') ~= ARGV[9 + 2 * f] then
+    return redis.error_reply('CONFLICT ' .. key)
+  end
+end
+for e = 0, ne - 1 do
+  local b = events_at + e * 8
   if ARGV[b + 1] == '1' and redis.call('EXISTS', ARGV[2] .. ARGV[b]) == 1 then
     return redis.error_reply('DUPLICATE ' .. ARGV[b])
   end
 end
-local ids = {}
-for i = 0, n - 1 do
-  local b = 5 + i * 8
+for e = 0, ne - 1 do
+  local b = events_at + e * 8
   local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
     'i', ARGV[b], 't', ARGV[b + 2], 'y', ARGV[b + 3], 'd', ARGV[b + 4],
     'p', ARGV[b + 5], 'r', ARGV[b + 6], 's', ARGV[b + 7])
   if ARGV[b + 1] == '1' then
     redis.call('SET', ARGV[2] .. ARGV[b], sid, 'EX', ARGV[3])
   end
-  ids[#ids + 1] = sid
 end
-return ids
+for w = 0, nw - 1 do
+  redis.call('SET', ARGV[writes_at + 2 * w], ARGV[writes_at + 2 * w + 1], 'EX', ARGV[4])
+end
+return ne
 "#;
+
+/// The outcome of [`RedisBus::publish_fenced`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// The events are on the stream (their IDs) and the writes are done.
+    Published(Vec<String>),
+    /// A fenced key changed meanwhile: nothing was done; load again and retry.
+    Conflict,
+}
 
 /// Names of the Redis keys relais uses, under one prefix.
 #[derive(Debug, Clone)]
@@ -207,12 +228,45 @@ impl RedisBus {
         if drafts.is_empty() {
             return Ok(Vec::new());
         }
+        match self
+            .publish_fenced(drafts, &[], &[], Duration::ZERO)
+            .await?
+        {
+            Fenced::Published(ids) => Ok(ids),
+            Fenced::Conflict => Err(BusError::Unavailable("unexpected conflict".into())),
+        }
+    }
+
+    /// Atomically: if every `fences` key still holds its expected value (`None`: absent),
+    /// appends the events and writes `writes` (kept for `ttl`); otherwise changes nothing
+    /// and answers [`Fenced::Conflict`]. This is how record state and events stay
+    /// consistent between instances.
+    pub async fn publish_fenced(
+        &self,
+        drafts: Vec<EventDraft>,
+        fences: &[(String, Option<String>)],
+        writes: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<Fenced, BusError> {
+        if !self.reader_healthy.load(Ordering::Relaxed) {
+            // Known outage: answer at once so the sender retries later.
+            return Err(BusError::Unavailable("Redis is unreachable".into()));
+        }
         let mut invocation = self.script.key(&self.keys.stream);
         invocation
             .arg(self.maxlen)
             .arg(&self.keys.ids)
             .arg(PUBLISHER_ID_TTL_SECS)
+            .arg(ttl.as_secs().max(1))
+            .arg(fences.len())
+            .arg(writes.len())
             .arg(drafts.len());
+        for (key, expected) in fences {
+            invocation.arg(key).arg(expected.as_deref().unwrap_or(""));
+        }
+        for (key, value) in writes {
+            invocation.arg(key).arg(value);
+        }
         for d in &drafts {
             let custom = !d.id.starts_with("urn:uuid:");
             invocation
@@ -225,29 +279,48 @@ impl RedisBus {
                 .arg(d.retry.map(|r| r.to_string()).unwrap_or_default())
                 .arg(&d.source);
         }
-        if !self.reader_healthy.load(Ordering::Relaxed) {
-            // Known outage: answer at once so the sender retries later.
-            return Err(BusError::Unavailable("Redis is unreachable".into()));
-        }
         let mut conn = self.conn.clone();
-        let result = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            invocation.invoke_async::<Vec<String>>(&mut conn),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "Redis did not answer in time",
-            )))
-        });
+        let result =
+            tokio::time::timeout(PUBLISH_TIMEOUT, invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "Redis did not answer in time",
+                    )))
+                });
         match result {
-            Ok(_) => Ok(drafts.into_iter().map(|d| d.id).collect()),
+            Ok(_) => Ok(Fenced::Published(
+                drafts.into_iter().map(|d| d.id).collect(),
+            )),
+            Err(e) if e.code() == Some("CONFLICT") => Ok(Fenced::Conflict),
             Err(e) if e.code() == Some("DUPLICATE") => Err(BusError::Commit(
                 crate::hub::CommitError::DuplicateId(e.detail().unwrap_or_default().to_string()),
             )),
             Err(e) => Err(BusError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Reads several string keys at once (record states).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, BusError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.reader_healthy.load(Ordering::Relaxed) {
+            return Err(BusError::Unavailable("Redis is unreachable".into()));
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(k);
+        }
+        tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            cmd.query_async::<Vec<Option<String>>>(&mut conn),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("Redis did not answer in time".into()))?
+        .map_err(|e| BusError::Unavailable(e.to_string()))
     }
 
     /// Whether Redis answers and the reader is following the stream.

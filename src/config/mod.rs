@@ -158,13 +158,26 @@ impl Default for HubConfig {
 }
 
 /// `[redis]`: the bus shared by several instances.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`; unset means the in-process bus.
     pub url: Option<Secret>,
-    /// Prefix of every Redis key relais uses.
+    /// Prefix of every Redis key relais uses (default `relais:`).
     pub key_prefix: Option<String>,
+    /// How long a record's state is kept in Redis after its last change (`30d`).
+    #[serde(with = "duration::serde_human")]
+    pub state_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: None,
+            state_ttl: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 /// Which kind of webhook a source receives.
@@ -480,6 +493,9 @@ impl Config {
                     "{at}.values: list at least one value that raises the alert"
                 ));
             }
+        }
+        if self.redis.state_ttl.is_zero() {
+            return invalid("redis.state_ttl: must be greater than 0".into());
         }
         if let Some(url) = &self.redis.url {
             let u = url.expose();

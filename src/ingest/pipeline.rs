@@ -13,7 +13,8 @@ use serde::Serialize;
 use super::diagpv::{HubSource, ModuleUpdate};
 use super::grist::{GristRow, GristSource};
 use super::record::Plan;
-use super::state::{StateStore, StoreError};
+use super::state::{RedisStateStore, StateStore, StoreError};
+use crate::bus::redis::Fenced;
 use crate::bus::{Bus, BusError};
 use crate::config::{Config, ConfigError, SourceConfig, SourceKind};
 use crate::hub::EventDraft;
@@ -88,6 +89,9 @@ pub enum IngestError {
     UnknownSource,
 }
 
+/// How many times a delivery replans after another instance changed its records.
+const MAX_CONFLICT_RETRIES: usize = 8;
+
 struct Entry {
     source: Source,
     lock: tokio::sync::Mutex<()>,
@@ -101,10 +105,15 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
-    /// The ingestor for the configured sources, with the in-process state store of
-    /// `hub.record_state_capacity` records.
+    /// The ingestor for the configured sources: record state in Redis with the Redis
+    /// bus, else in process (`hub.record_state_capacity` records).
     pub fn new(config: &Config, bus: Bus) -> Result<Self, ConfigError> {
-        let store = StateStore::memory(config.hub.record_state_capacity);
+        let store = match &bus {
+            Bus::Redis(redis) => {
+                StateStore::Redis(RedisStateStore::new(redis.clone(), config.redis.state_ttl))
+            }
+            Bus::Local(_) => StateStore::memory(config.hub.record_state_capacity),
+        };
         Self::with_store(config, store, bus)
     }
 
@@ -176,7 +185,7 @@ impl Ingestor {
         entry: &Entry,
         received: usize,
         mut keys: Vec<String>,
-        plan: impl FnOnce(&HashMap<String, super::record::StoredRecord>) -> Plan,
+        plan: impl Fn(&HashMap<String, super::record::StoredRecord>) -> Plan,
     ) -> Result<Summary, IngestError> {
         let name = match &entry.source {
             Source::Grist(s) => &s.name,
@@ -185,41 +194,72 @@ impl Ingestor {
         keys.sort_unstable();
         keys.dedup();
         let _guard = entry.lock.lock().await;
-        let states = self.store.get_many(name, &keys).await?;
-        let known: HashMap<_, _> = keys
-            .into_iter()
-            .zip(states)
-            .filter_map(|(k, s)| s.map(|s| (k, s)))
-            .collect();
-        let plan = plan(&known);
         let event_type = entry.source.event_type();
         let private = entry.source.private();
-        let published = plan.events.len();
-        if published > 0 {
-            let drafts = plan
-                .events
-                .into_iter()
+        let drafts_of = |plan: &Plan| -> Vec<EventDraft> {
+            plan.events
+                .iter()
                 .map(|e| {
-                    EventDraft::new(e.topics, e.data)
+                    EventDraft::new(e.topics.clone(), e.data.clone())
                         .with_type(event_type)
                         .private(private)
                         .with_source(name.as_str())
                 })
-                .collect();
-            self.bus.publish(drafts).await?;
+                .collect()
+        };
+        let plan = match &self.store {
+            StateStore::Memory(store) => {
+                let states = store.get_many(name, &keys);
+                let known = keys
+                    .into_iter()
+                    .zip(states)
+                    .filter_map(|(k, s)| s.map(|s| (k, s)))
+                    .collect();
+                let mut plan = plan(&known);
+                if !plan.events.is_empty() {
+                    self.bus.publish(drafts_of(&plan)).await?;
+                }
+                // Stored only once the events are on the bus: if the bus refused, the
+                // sender's retry finds the same states and produces the same events.
+                store.put_many(name, std::mem::take(&mut plan.store));
+                plan
+            }
+            StateStore::Redis(store) => {
+                let mut attempt = 0;
+                loop {
+                    let snapshot = store.load(name, &keys).await?;
+                    let planned = plan(&snapshot.known);
+                    if planned.events.is_empty() && planned.store.is_empty() {
+                        break planned;
+                    }
+                    match store
+                        .commit(name, &snapshot.fence, drafts_of(&planned), &planned.store)
+                        .await?
+                    {
+                        Fenced::Published(_) => break planned,
+                        Fenced::Conflict if attempt < MAX_CONFLICT_RETRIES => {
+                            // Another instance changed one of these records meanwhile.
+                            attempt += 1;
+                            metrics::counter!("relais_ingest_conflicts_total", "source" => name.clone())
+                                .increment(1);
+                        }
+                        Fenced::Conflict => {
+                            return Err(IngestError::Bus(BusError::Unavailable(
+                                "records kept changing under concurrent deliveries; retry".into(),
+                            )))
+                        }
+                    }
+                }
+            }
+        };
+        let published = plan.events.len();
+        if published > 0 {
             metrics::counter!(
                 "relais_events_in_total",
                 "source" => name.clone(),
                 "type" => event_type.to_string(),
             )
             .increment(published as u64);
-        }
-        if !plan.store.is_empty() {
-            // The events are on the bus, so the webhook succeeded: a store failure only
-            // means a later identical delivery is published again (at-least-once).
-            if let Err(e) = self.store.put_many(name, plan.store).await {
-                tracing::warn!(source = %name, "record state not saved: {e}");
-            }
         }
         for (reason, count) in [("unchanged", plan.unchanged), ("stale", plan.stale)] {
             if count > 0 {

@@ -9,11 +9,22 @@
 //! sources together). When full, the least recently used record (read or written) is
 //! evicted. Nothing expires by age and nothing survives a restart: a record relais no
 //! longer knows is reported as `change: "add"` the next time it arrives.
+//!
+//! With the Redis bus, states live in Redis (one key per record, JSON, expiring
+//! `redis.state_ttl` after the record's last change) and are shared by every instance.
+//! Loading returns the raw values as a fence; the events and the new states are then
+//! written by one Redis script that first checks the fence, so two instances handling
+//! the same record at once never both publish (the loser reloads and replans).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use super::record::StoredRecord;
+use crate::bus::redis::{Fenced, RedisBus};
+use crate::bus::BusError;
+use crate::hub::EventDraft;
 
 /// Default number of records kept (all sources together).
 pub const DEFAULT_CAPACITY: usize = 50_000;
@@ -30,6 +41,80 @@ pub enum StoreError {
 pub enum StateStore {
     /// In this process, bounded, least recently used first out.
     Memory(MemoryStateStore),
+    /// In Redis, shared by every instance.
+    Redis(RedisStateStore),
+}
+
+/// Record states in Redis, written together with the events they explain.
+pub struct RedisStateStore {
+    bus: RedisBus,
+    ttl: Duration,
+}
+
+/// Known states of some records, and (for Redis) the raw values they were read from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Known states by record key.
+    pub known: HashMap<String, StoredRecord>,
+    /// Redis keys and the raw values read (`None`: absent), checked when committing.
+    pub fence: Vec<(String, Option<String>)>,
+}
+
+impl RedisStateStore {
+    /// States under the bus's key prefix, kept `ttl` after their last change.
+    pub fn new(bus: RedisBus, ttl: Duration) -> Self {
+        Self { bus, ttl }
+    }
+
+    fn key(&self, source: &str, record: &str) -> String {
+        format!("{}{source}:{record}", self.bus.keys().state)
+    }
+
+    /// Reads the states of `keys` of `source` with their fence.
+    pub async fn load(&self, source: &str, keys: &[String]) -> Result<Snapshot, StoreError> {
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.key(source, k)).collect();
+        let raw = self
+            .bus
+            .get_many(&redis_keys)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut snapshot = Snapshot::default();
+        for ((key, redis_key), value) in keys.iter().zip(redis_keys).zip(raw) {
+            if let Some(text) = &value {
+                match serde_json::from_str::<StoredRecord>(text) {
+                    Ok(record) => {
+                        snapshot.known.insert(key.clone(), record);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%source, record = %key, "ignoring unreadable record state: {e}")
+                    }
+                }
+            }
+            snapshot.fence.push((redis_key, value));
+        }
+        Ok(snapshot)
+    }
+
+    /// Publishes `drafts` and stores `records` if nothing changed since `fence` was read.
+    pub async fn commit(
+        &self,
+        source: &str,
+        fence: &[(String, Option<String>)],
+        drafts: Vec<EventDraft>,
+        records: &[(String, StoredRecord)],
+    ) -> Result<Fenced, BusError> {
+        let writes: Vec<(String, String)> = records
+            .iter()
+            .filter_map(|(k, r)| {
+                serde_json::to_string(r)
+                    .ok()
+                    .map(|json| (self.key(source, k), json))
+            })
+            .collect();
+        self.bus
+            .publish_fenced(drafts, fence, &writes, self.ttl)
+            .await
+    }
 }
 
 impl StateStore {
@@ -46,6 +131,10 @@ impl StateStore {
     ) -> Result<Vec<Option<StoredRecord>>, StoreError> {
         match self {
             StateStore::Memory(store) => Ok(store.get_many(source, keys)),
+            StateStore::Redis(store) => {
+                let mut snapshot = store.load(source, keys).await?;
+                Ok(keys.iter().map(|k| snapshot.known.remove(k)).collect())
+            }
         }
     }
 
@@ -60,6 +149,13 @@ impl StateStore {
                 store.put_many(source, records);
                 Ok(())
             }
+            StateStore::Redis(store) => {
+                // Unfenced write (no event): used by tests and tools, not by the pipeline.
+                match store.commit(source, &[], Vec::new(), &records).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                }
+            }
         }
     }
 
@@ -69,6 +165,10 @@ impl StateStore {
             StateStore::Memory(store) => format!(
                 "in memory, last {} records, least recently used evicted first",
                 store.capacity
+            ),
+            StateStore::Redis(store) => format!(
+                "in Redis, shared by all instances, kept {} after a record's last change",
+                humantime::format_duration(store.ttl)
             ),
         }
     }

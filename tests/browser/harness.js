@@ -15,6 +15,8 @@ export const RELAIS_BIN = process.env.RELAIS_BIN || path.join(ROOT, 'target/debu
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const ARTIFACTS = path.join(ROOT, 'tests/artifacts');
 export const SECRET = 'browser-test-secret-0123456789abcdef';
+/** The `Authorization` value of the Grist source `cerema` every test relais has. */
+export const GRIST_AUTHORIZATION = 'Bearer grist-browser-test';
 
 /** Widget tuning for tests: quick reconnection, long-lived toasts. */
 export const WIDGET_CONFIG = {
@@ -29,6 +31,8 @@ function relaisEnv(stateDir, listen) {
     RELAIS_JWT__SECRET: SECRET,
     RELAIS_SERVER__LISTEN: listen,
     RELAIS_SERVER__STATE_DIR: stateDir,
+    RELAIS_SOURCES__CEREMA__KIND: 'grist',
+    RELAIS_SOURCES__CEREMA__AUTHORIZATION: GRIST_AUTHORIZATION,
     RUST_LOG: 'info',
     NO_COLOR: '1',
   };
@@ -291,4 +295,14 @@ export async function startProxy(targetPort) {
       await new Promise((r) => server.close(() => r()));
     },
   };
+}
+
+/** Posts rows to `/hooks/grist/cerema` exactly as Grist's webhook does; returns the status. */
+export async function postGristRows(relais, rows) {
+  const response = await fetch(`${relais.base}/hooks/grist/cerema`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: GRIST_AUTHORIZATION },
+    body: JSON.stringify(rows),
+  });
+  return response.status;
 }
