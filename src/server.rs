@@ -51,7 +51,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let shutdown = CancellationToken::new();
     let bus = match &config.redis.url {
         None => Bus::local(hub.clone()),
-        Some(url) => Bus::Redis(
+        Some(url) => Bus::Redis(Box::new(
             RedisBus::connect(
                 url.expose(),
                 config.redis.key_prefix.as_deref().unwrap_or("relais:"),
@@ -60,7 +60,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 shutdown.clone(),
             )
             .await?,
-        ),
+        )),
     };
     let ingest = Arc::new(Ingestor::new(&config, bus.clone())?);
     let addr = config.listen_addr()?;
@@ -77,7 +77,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     announce(&config, &keys.origin, &bus, &ingest, local);
     // Attached to the hub before the first request (and after the Redis bus loaded its
     // history, so past events raise no alert), beside ingestion and streaming.
-    let _alerts = crate::alerts::start(&config.matrix, &hub, shutdown.clone())?;
+    let _alerts = crate::alerts::start(&config.matrix, &hub, &bus, shutdown.clone()).await?;
 
     let state = AppState {
         config: Arc::new(config),

@@ -532,3 +532,85 @@ async fn a_grist_row_turning_urgent_posts_one_notice_end_to_end() {
     tokio::time::sleep(QUIET).await;
     assert_eq!(hs.notices(&room, &hs.bot).await.len(), 2);
 }
+
+/// relais on a Redis bus, posting as `bot`, with a fixed consumer name (`HOSTNAME`).
+fn relais_on_redis(homeserver: &str, bot: &Account, room: &str, redis: &str, host: &str) -> Relais {
+    relais_for(
+        homeserver,
+        bot,
+        room,
+        &[("RELAIS_REDIS__URL", redis), ("HOSTNAME", host)],
+    )
+}
+
+#[tokio::test]
+async fn with_redis_two_instances_send_each_alert_once_from_one_instance() {
+    let hs: &Synapse = synapse().await;
+    let room = hs.room_for(&hs.bot).await;
+    let redis = common::redis::RedisServer::start();
+    let a = relais_on_redis(&hs.base, &hs.bot, &room, &redis.url(), "instance-a");
+    let b = relais_on_redis(&hs.base, &hs.bot, &room, &redis.url(), "instance-b");
+    for id in [31, 32, 33] {
+        let target = if id % 2 == 0 { &b } else { &a };
+        publish_intervention(
+            target,
+            &intervention(id, "Urgente", "En cours", "add", json!({})),
+        )
+        .await;
+    }
+    let notices = hs.wait_notices(&room, &hs.bot, 3, DELIVER).await;
+    assert_eq!(
+        bodies(&notices),
+        [
+            urgent_body(31, "En cours"),
+            urgent_body(32, "En cours"),
+            urgent_body(33, "En cours")
+        ]
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(hs.notices(&room, &hs.bot).await.len(), 3);
+    // Both instances saw every event; the homeserver would hide a second send of the
+    // same transaction, so count the sends themselves: three in all, not six.
+    let sent = metric(&a, "relais_matrix_sends_total", "result=\"ok\"").await
+        + metric(&b, "relais_matrix_sends_total", "result=\"ok\"").await;
+    assert_eq!(sent, 3.0, "each alert is sent by one instance only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_pending_alert_survives_a_restart() {
+    let hs: &Synapse = synapse().await;
+    let room = hs.room_for(&hs.bot).await;
+    let redis = common::redis::RedisServer::start();
+    // First run: the homeserver address answers nothing, so the alert stays pending.
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut first = relais_on_redis(&nowhere, &hs.bot, &room, &redis.url(), "instance-r");
+    publish_intervention(
+        &first,
+        &intervention(41, "Urgente", "Bloqué", "add", json!({})),
+    )
+    .await;
+    let failures = wait_metric(
+        &first,
+        "relais_matrix_sends_total",
+        "result=\"error_retry\"",
+        1.0,
+        DELIVER,
+    )
+    .await;
+    assert!(failures >= 1.0, "the first run tried and failed");
+    tokio::task::block_in_place(|| first.terminate());
+
+    // Second run, same instance, homeserver reachable: the alert kept in Redis goes out once.
+    let second = relais_on_redis(&hs.base, &hs.bot, &room, &redis.url(), "instance-r");
+    let notices = hs.wait_notices(&room, &hs.bot, 1, DELIVER).await;
+    assert_eq!(bodies(&notices), [urgent_body(41, "Bloqué")]);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(hs.notices(&room, &hs.bot).await.len(), 1);
+    assert_eq!(
+        metric(&second, "relais_matrix_sends_total", "result=\"ok\"").await,
+        1.0
+    );
+}

@@ -36,6 +36,9 @@ pub enum ClientError {
     /// The HTTP client could not be created (TLS set-up).
     #[error("matrix: cannot create the HTTP client: {0}")]
     Http(String),
+    /// The shared alert queue in Redis could not be set up.
+    #[error("matrix: cannot set up the alert queue in Redis: {0}")]
+    Queue(String),
 }
 
 /// What became of one send.

@@ -17,6 +17,7 @@
 
 pub mod matrix;
 pub mod message;
+pub mod redis_queue;
 pub mod rules;
 pub mod sender;
 
@@ -26,6 +27,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Bus;
 use crate::config::MatrixConfig;
 use crate::hub::{Event, Hub, ResumeFrom};
 
@@ -44,9 +46,10 @@ pub struct Alerts {
 
 /// Starts the alert tasks when Matrix is configured (`Ok(None)` otherwise). The hub
 /// subscription is taken before this returns, so no event committed afterwards is missed.
-pub fn start(
+pub async fn start(
     config: &MatrixConfig,
     hub: &Arc<Hub>,
+    bus: &Bus,
     shutdown: CancellationToken,
 ) -> Result<Option<Alerts>, ClientError> {
     if !config.enabled() {
@@ -61,7 +64,23 @@ pub fn start(
         retry_initial: config.retry_initial,
         retry_max: config.retry_max,
     };
-    let (writer, reader) = sender::memory_queue(config.queue_size);
+    let (writer, reader) = match bus {
+        Bus::Local(_) => sender::memory_queue(config.queue_size),
+        Bus::Redis(redis) => {
+            let (w, r) = redis_queue::redis_queue(
+                redis.client(),
+                redis.connection(),
+                redis.keys().prefix(),
+                config.queue_size,
+            )
+            .await
+            .map_err(|e| ClientError::Queue(e.to_string()))?;
+            (
+                QueueWriter::Redis(Box::new(w)),
+                QueueReader::Redis(Box::new(r)),
+            )
+        }
+    };
     let live = hub.attach(&ResumeFrom::Now).live;
     let names: Vec<String> = rules
         .all()
@@ -246,10 +265,18 @@ mod tests {
         assert!(!config.to_masked_toml().contains("syt_secret_token"));
     }
 
-    #[test]
-    fn start_does_nothing_without_matrix() {
+    #[tokio::test]
+    async fn start_does_nothing_without_matrix() {
         let hub = Arc::new(Hub::new(10, 16));
-        let started = start(&MatrixConfig::default(), &hub, CancellationToken::new()).unwrap();
+        let bus = Bus::local(hub.clone());
+        let started = start(
+            &MatrixConfig::default(),
+            &hub,
+            &bus,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert!(started.is_none());
         assert_eq!(hub.receiver_count(), 0);
     }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::matrix::{rejection_hint, MatrixClient, SendOutcome};
 use super::message::Message;
+use super::redis_queue::{Pushed, RedisQueueReader, RedisQueueWriter};
 
 /// One alert waiting to be posted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,9 @@ pub enum PushError {
     /// The delivery task has stopped.
     #[error("the alert sender has stopped")]
     Closed,
+    /// The shared queue (Redis) could not be reached.
+    #[error("the alert queue is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The adding end of the alert queue.
@@ -99,12 +103,16 @@ pub enum PushError {
 pub enum QueueWriter {
     /// In-process, bounded, lost on restart.
     Memory(mpsc::Sender<Alert>),
+    /// In Redis, shared by the instances, kept across restarts.
+    Redis(Box<RedisQueueWriter>),
 }
 
 /// The delivering end of the alert queue.
 pub enum QueueReader {
     /// In-process, bounded, lost on restart.
     Memory(mpsc::Receiver<Alert>),
+    /// In Redis: this instance's consumer of the senders' group.
+    Redis(Box<RedisQueueReader>),
 }
 
 /// An in-process queue holding at most `capacity` alerts.
@@ -122,20 +130,37 @@ impl QueueWriter {
                     metrics::gauge!("relais_alerts_pending").increment(1.0);
                     Ok(())
                 }
-                Err(mpsc::error::TrySendError::Full(alert)) => {
-                    metrics::counter!("relais_alerts_dropped_total", "reason" => "queue_full")
-                        .increment(1);
-                    tracing::error!(
-                        rule = %alert.rule,
-                        event = %alert.event_id,
-                        "matrix alert dropped: the queue is full (matrix.queue_size); the homeserver has been failing or slow for a while"
-                    );
-                    Err(PushError::Full)
-                }
+                Err(mpsc::error::TrySendError::Full(alert)) => Err(dropped_full(&alert)),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+            },
+            QueueWriter::Redis(queue) => match queue.push(&alert).await {
+                Ok(Pushed::Queued) => {
+                    metrics::gauge!("relais_alerts_pending").increment(1.0);
+                    Ok(())
+                }
+                // Another instance saw the same event and queued it: sent once.
+                Ok(Pushed::AlreadyQueued) => Ok(()),
+                Err(PushError::Full) => Err(dropped_full(&alert)),
+                Err(e) => {
+                    metrics::counter!("relais_alerts_dropped_total", "reason" => "queue_unavailable")
+                        .increment(1);
+                    tracing::error!(rule = %alert.rule, event = %alert.event_id, "matrix alert dropped: {e}");
+                    Err(e)
+                }
             },
         }
     }
+}
+
+/// Counts and reports an alert refused because the queue is full.
+fn dropped_full(alert: &Alert) -> PushError {
+    metrics::counter!("relais_alerts_dropped_total", "reason" => "queue_full").increment(1);
+    tracing::error!(
+        rule = %alert.rule,
+        event = %alert.event_id,
+        "matrix alert dropped: the queue is full (matrix.queue_size); the homeserver has been failing or slow for a while"
+    );
+    PushError::Full
 }
 
 impl QueueReader {
@@ -143,19 +168,29 @@ impl QueueReader {
     pub async fn next(&mut self) -> Option<Alert> {
         match self {
             QueueReader::Memory(rx) => rx.recv().await,
+            QueueReader::Redis(queue) => Some(queue.next().await),
         }
     }
 
     /// Marks an alert as done (posted or rejected for good).
-    pub async fn ack(&mut self, _alert: &Alert) {
+    pub async fn ack(&mut self, alert: &Alert) {
         metrics::gauge!("relais_alerts_pending").decrement(1.0);
+        if let QueueReader::Redis(queue) = self {
+            queue.ack(alert).await;
+        }
     }
 
     /// Alerts still waiting (for the shutdown message).
     pub fn waiting(&self) -> usize {
         match self {
             QueueReader::Memory(rx) => rx.len(),
+            QueueReader::Redis(queue) => queue.waiting(),
         }
+    }
+
+    /// Whether waiting alerts are kept when this process stops.
+    pub fn is_durable(&self) -> bool {
+        matches!(self, QueueReader::Redis(_))
     }
 }
 
@@ -291,7 +326,9 @@ pub async fn deliver(
         }
     }
     let left = queue.waiting();
-    if left > 0 {
+    if left > 0 && queue.is_durable() {
+        tracing::info!("matrix: stopping; {left} alert(s) wait in Redis for the next sender");
+    } else if left > 0 {
         tracing::warn!(
             "matrix: stopping with {left} alert(s) not yet posted (the in-process queue is not kept)"
         );

@@ -32,7 +32,7 @@ pub enum Bus {
     /// Single process, no dependency.
     Local(LocalBus),
     /// Several instances sharing a Redis stream.
-    Redis(RedisBus),
+    Redis(Box<RedisBus>),
 }
 
 impl Bus {

@@ -85,6 +85,8 @@ pub enum Fenced {
 /// Names of the Redis keys relais uses, under one prefix.
 #[derive(Debug, Clone)]
 pub struct RedisKeys {
+    /// The prefix of every key.
+    prefix: String,
     /// The event stream.
     pub stream: String,
     /// Prefix of the keys reserving publisher-chosen IDs.
@@ -94,9 +96,15 @@ pub struct RedisKeys {
 }
 
 impl RedisKeys {
+    /// The prefix of every key (for other users' keys, e.g. alerts).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Keys under `prefix` (default `relais:`).
     pub fn new(prefix: &str) -> Self {
         Self {
+            prefix: prefix.to_string(),
             stream: format!("{prefix}events"),
             ids: format!("{prefix}id:"),
             state: format!("{prefix}state:"),
@@ -125,6 +133,7 @@ impl std::fmt::Display for StreamPos {
 /// Publishing side of the Redis bus (cheap to clone).
 #[derive(Clone)]
 pub struct RedisBus {
+    client: redis::Client,
     conn: ConnectionManager,
     keys: RedisKeys,
     maxlen: usize,
@@ -196,7 +205,7 @@ impl RedisBus {
         let (pos_tx, read_pos) = watch::channel(start);
         let reader_healthy = Arc::new(AtomicBool::new(true));
         let reader = Reader {
-            client,
+            client: client.clone(),
             stream: keys.stream.clone(),
             hub,
             position: pos_tx,
@@ -204,6 +213,7 @@ impl RedisBus {
         };
         tokio::spawn(reader.run(shutdown));
         Ok(Self {
+            client,
             conn,
             keys,
             maxlen: history_size,
@@ -218,9 +228,14 @@ impl RedisBus {
         &self.keys
     }
 
-    /// A connection for other Redis users (record state).
+    /// A shared connection for other Redis users (alerts), reconnecting by itself.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A client for users that need a connection of their own (blocking reads).
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
     }
 
     /// Appends events to the stream; returns their IDs once Redis has them.

@@ -109,9 +109,10 @@ impl Ingestor {
     /// bus, else in process (`hub.record_state_capacity` records).
     pub fn new(config: &Config, bus: Bus) -> Result<Self, ConfigError> {
         let store = match &bus {
-            Bus::Redis(redis) => {
-                StateStore::Redis(RedisStateStore::new(redis.clone(), config.redis.state_ttl))
-            }
+            Bus::Redis(redis) => StateStore::Redis(RedisStateStore::new(
+                redis.as_ref().clone(),
+                config.redis.state_ttl,
+            )),
             Bus::Local(_) => StateStore::memory(config.hub.record_state_capacity),
         };
         Self::with_store(config, store, bus)
