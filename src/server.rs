@@ -89,14 +89,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ingest,
     };
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: local.to_string(),
-            source,
-        })?;
+    let app = router(state.clone());
+    crate::http::serve::run(listener, app, state).await;
     tracing::info!("relais stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod ops;
 pub mod publish;
 pub mod query;
+pub mod serve;
 pub mod subscribe;
 pub mod widget;
 
