@@ -315,14 +315,7 @@ async fn ops_endpoints_and_cors() {
     let mut sub = SseClient::connect(&relais, "topic=t", Some(&tok), &[]).await;
     publish_ok(&relais, &tok, "t", "x").await;
     sub.next_event(ARRIVE).await.unwrap();
-    let metrics = c
-        .get(format!("{}/metrics", relais.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&relais).await;
     for name in [
         "relais_subscribers_connected 1",
         "relais_events_out_total",

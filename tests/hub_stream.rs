@@ -338,14 +338,7 @@ async fn slow_subscriber_is_disconnected_alone_and_resumes() {
         "nothing lost, nothing duplicated across the disconnect"
     );
 
-    let metrics = client
-        .get(format!("{}/metrics", relais.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&relais).await;
     assert!(
         metrics.contains("relais_slow_subscriber_disconnects_total 1"),
         "{metrics}"

@@ -179,14 +179,7 @@ async fn grist_row_reaches_interventions_subscribers_as_a_normalized_event() {
     assert!(other.next_event(ARRIVE).await.is_some());
 
     // The log line says what happened without the credential.
-    let metrics = client()
-        .get(format!("{}/metrics", relais.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&relais).await;
     assert!(
         metrics.contains("relais_webhook_requests_total{source=\"cerema\",status=\"200\"} 2"),
         "{metrics}"

@@ -172,6 +172,18 @@ pub async fn publish_ok(relais: &Relais, token: &str, topic: &str, data: &str) -
     response.text().await.expect("id")
 }
 
+/// The text of relais' `/metrics`.
+pub async fn metrics_text(relais: &Relais) -> String {
+    client()
+        .get(format!("{}/metrics", relais.base))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// A live SSE connection.
 pub struct SseClient {
     /// Status of the response.
