@@ -95,6 +95,17 @@ pub struct Args {
     #[arg(long, default_value = "pushpin")]
     pub pushpin_bin: PathBuf,
 
+    /// Pushpin's `[handler] message_rate`; 0 = no rate limiting. Its default (2500)
+    /// throttles any benchmark, and any positive value makes its rate limiter restart a
+    /// 25 ms batch timer on every publish, so publishes closer than 25 ms apart are held
+    /// until a pause (seconds of latency); 0 avoids both.
+    #[arg(long, default_value_t = 0)]
+    pub pushpin_message_rate: u64,
+
+    /// Pushpin's `[handler] message_hwm` (default 25000).
+    #[arg(long, default_value_t = 200_000)]
+    pub pushpin_message_hwm: u64,
+
     /// Keep the per-second progress lines off stderr.
     #[arg(long)]
     pub quiet: bool,

@@ -128,6 +128,11 @@ impl Http1 {
             }
             body = self.buf.drain(..len).collect();
         }
+        if head.close {
+            // Pushpin's publish endpoint closes after every response.
+            self.stream = None;
+            self.buf.clear();
+        }
         Ok(Response {
             status: head.status,
             body,

@@ -104,7 +104,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let peer = match args.peer {
         Some(args::Peer::Pushpin) => {
-            let mut target = pushpin::PushpinTarget::start(&args.pushpin_bin).await?;
+            let mut target = pushpin::PushpinTarget::start(&args).await?;
             let sender = Sender::Pushpin {
                 http: Http1::new(target.publish_addr),
                 channel: pushpin::CHANNEL.into(),
@@ -308,6 +308,20 @@ async fn measure(
     f.cpu_seconds_server = cpu1.0 - cpu0.0;
     f.cpu_seconds_bench = cpu1.1 - cpu0.1;
     f.streams_closed = shared.closed.load(Ordering::Relaxed);
+    f.streams_reopened = shared.retried.load(Ordering::Relaxed);
+    if f.streams_closed > 0 {
+        let e = shared
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let closed = format!("{} streams ended early (first: {e})", f.streams_closed);
+        f.note = Some(match f.note.take() {
+            Some(n) => format!("{n}; {closed}"),
+            None => closed,
+        });
+    }
     for o in &outcomes {
         if o.tracker.distinct > 0 || o.warmed {
             f.lost += o.tracker.missing(published.events);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::args::Args;
+
 /// The channel every benchmark subscriber holds.
 pub const CHANNEL: &str = "bench";
 
@@ -33,7 +35,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("free port: {e}"))
 }
 
-fn write_config(dir: &Path, backend: SocketAddr) -> Result<(u16, u16), String> {
+fn write_config(dir: &Path, backend: SocketAddr, args: &Args) -> Result<(u16, u16), String> {
     let http = free_port()?;
     let publish = free_port()?;
     let (push_in, push_sub, command) = (free_port()?, free_port()?, free_port()?);
@@ -85,8 +87,8 @@ push_in_http_max_headers_size=10000
 push_in_http_max_body_size=10000000
 stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats
 command_spec=tcp://127.0.0.1:{command}
-message_rate=1000000
-message_hwm=1000000
+message_rate={rate}
+message_hwm={hwm}
 message_wait=5000
 id_cache_ttl=60
 connection_subscription_max=20
@@ -97,6 +99,8 @@ stats_format=tnetstring
 "#,
         run = run.display(),
         log = log.display(),
+        rate = args.pushpin_message_rate,
+        hwm = args.pushpin_message_hwm,
     );
     std::fs::write(dir.join("pushpin.conf"), conf).map_err(|e| format!("pushpin.conf: {e}"))?;
     std::fs::write(dir.join("routes"), format!("* {backend}\n"))
@@ -107,7 +111,7 @@ stats_format=tnetstring
 /// Answers one backend connection (requests may come keep-alive through zurl).
 async fn serve_backend(mut stream: TcpStream) {
     let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: {CHANNEL}\r\nGrip-Keep-Alive: :\\n\\n; format=cstring; timeout=15\r\nCache-Control: no-cache\r\nContent-Length: 13\r\n\r\nretry: 2000\n\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: {CHANNEL}\r\nCache-Control: no-cache\r\nContent-Length: 13\r\n\r\nretry: 2000\n\n"
     );
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -136,9 +140,34 @@ async fn wait_port(addr: SocketAddr, within: Duration) -> bool {
     false
 }
 
+/// Whether one subscription gets its `200` head within 2 s.
+async fn probe(addr: SocketAddr, request: &[u8]) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(request).await.ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(head) = crate::wire::parse_head(&buf) {
+                return Some(matches!(head, Ok(h) if h.status == 200));
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(true))
+    )
+}
+
 impl PushpinTarget {
     /// Starts the backend and Pushpin, and waits until both of its ports answer.
-    pub async fn start(bin: &Path) -> Result<Self, String> {
+    pub async fn start(args: &Args) -> Result<Self, String> {
+        let bin = &args.pushpin_bin;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("backend: {e}"))?;
@@ -156,7 +185,7 @@ impl PushpinTarget {
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (http, publish) = write_config(&dir, backend_addr)?;
+        let (http, publish) = write_config(&dir, backend_addr, args)?;
         let child = Command::new(bin)
             .arg("--config")
             .arg(dir.join("pushpin.conf"))
@@ -183,6 +212,17 @@ impl PushpinTarget {
         if !up {
             target.stop();
             return Err("Pushpin did not open its ports within 30 s".into());
+        }
+        // The ports open before the proxy, zurl and the handler are wired together: wait
+        // until a subscription really goes through to the backend and back.
+        let request = target.subscribe_request();
+        let start = Instant::now();
+        while !probe(target.http_addr, &request).await {
+            if start.elapsed() > Duration::from_secs(30) {
+                target.stop();
+                return Err("Pushpin did not answer a subscription within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(target)
     }

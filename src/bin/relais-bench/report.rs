@@ -45,6 +45,8 @@ pub struct Figures {
     pub connect_errors: u64,
     /// Streams the server ended before the benchmark did.
     pub streams_closed: u64,
+    /// Streams that ended before the warm-up event and were opened again.
+    pub streams_reopened: u64,
     /// Publishing and draining time, seconds.
     pub elapsed_secs: f64,
     /// Why the run stopped early, or what went wrong, if anything.
@@ -218,10 +220,10 @@ pub fn table(
         row(label, fmt_num(a), b, r);
     }
     for (name, f) in std::iter::once(("relais", relais)).chain(peer) {
-        if f.connect_errors > 0 || f.streams_closed > 0 {
+        if f.connect_errors > 0 || f.streams_closed > 0 || f.streams_reopened > 0 {
             out.push_str(&format!(
-                "{name}: {} connect errors, {} streams closed early\n",
-                f.connect_errors, f.streams_closed
+                "{name}: {} connect errors, {} streams closed early, {} streams reopened before warm-up\n",
+                f.connect_errors, f.streams_closed, f.streams_reopened
             ));
         }
         if let Some(note) = &f.note {

@@ -44,6 +44,8 @@ pub struct Shared {
     pub connect_errors: AtomicU64,
     /// Streams that ended (server closed, error) before the benchmark stopped them.
     pub closed: AtomicU64,
+    /// Streams that ended before the warm-up event and were opened again.
+    pub retried: AtomicU64,
     /// Clock time of the latest first receipt.
     pub last_rx_ns: AtomicU64,
     /// The first connection error, for the report.
@@ -66,6 +68,7 @@ impl Shared {
             connected: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             last_rx_ns: AtomicU64::new(0),
             first_error: Mutex::new(None),
             stop: CancellationToken::new(),
@@ -181,6 +184,12 @@ async fn connect(
     Ok((stream, Dechunker::new(head.chunked)))
 }
 
+/// Attempts at opening a stream that ends before the warm-up event (Pushpin 1.36 cancels
+/// a few streams when many connect at once: "received message out of sequence").
+const ATTEMPTS: u32 = 3;
+/// How long a subscriber waits for its response head.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn run(
     index: usize,
     source: Ipv4Addr,
@@ -188,39 +197,100 @@ async fn run(
     gate: Arc<Semaphore>,
     shared: Arc<Shared>,
 ) -> Outcome {
-    let mut tracker = Tracker::new();
-    let mut pending = Vec::new();
-    let permit = gate.acquire().await;
-    let (mut stream, mut dechunker) = match connect(source, &endpoint, &mut pending).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            shared.connect_errors.fetch_add(1, Ordering::Relaxed);
-            shared.error(e);
-            return Outcome {
-                tracker,
-                warmed: false,
-            };
-        }
+    let mut sub = Sub {
+        index,
+        tracker: Tracker::new(),
+        samples: Vec::with_capacity(SAMPLE_BATCH),
+        saw_warm: false,
+        shared: shared.clone(),
     };
-    drop(permit);
-    shared.connected.fetch_add(1, Ordering::Relaxed);
-
-    let mut scanner = Scanner::new();
-    let mut samples: Vec<u32> = Vec::with_capacity(SAMPLE_BATCH);
-    let mut saw_warm = false;
-    let mut buf = vec![0u8; READ_BUF];
     let stop = shared.stop.clone();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut counted = false;
+    for attempt in 1..=ATTEMPTS {
+        let mut pending = Vec::new();
+        let permit = gate.acquire().await;
+        let attempt_result =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(source, &endpoint, &mut pending))
+                .await
+                .unwrap_or_else(|_| Err(format!("no response head within {CONNECT_TIMEOUT:?}")));
+        let (mut stream, mut dechunker) = match attempt_result {
+            Ok(ok) => ok,
+            Err(e) if attempt < ATTEMPTS && !counted && !stop.is_cancelled() => {
+                drop(permit);
+                shared.retried.fetch_add(1, Ordering::Relaxed);
+                let _ = e;
+                continue;
+            }
+            Err(e) => {
+                if !counted {
+                    shared.connect_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                shared.error(e);
+                break;
+            }
+        };
+        drop(permit);
+        if !counted {
+            counted = true;
+            shared.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut scanner = Scanner::new();
+        let mut ok = sub.consume(&pending, &mut dechunker, &mut scanner);
+        while ok.is_ok() {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) => { ok = Err("stream closed by the server".into()); }
+                    Ok(n) => ok = sub.consume(&buf[..n], &mut dechunker, &mut scanner),
+                    Err(e) => ok = Err(format!("read: {e}")),
+                },
+            }
+        }
+        match ok {
+            Ok(()) => break,
+            Err(e) if !sub.saw_warm && attempt < ATTEMPTS && !stop.is_cancelled() => {
+                let _ = e;
+                shared.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                shared.closed.fetch_add(1, Ordering::Relaxed);
+                shared.error(e);
+                break;
+            }
+        }
+    }
+    shared.latencies.flush(index, &mut sub.samples);
+    Outcome {
+        tracker: sub.tracker,
+        warmed: sub.saw_warm,
+    }
+}
 
-    let mut consume = |bytes: &[u8],
-                       tracker: &mut Tracker,
-                       samples: &mut Vec<u32>,
-                       saw_warm: &mut bool|
-     -> Result<(), String> {
+/// One subscriber's record, fed with what its stream carries.
+struct Sub {
+    index: usize,
+    tracker: Tracker,
+    samples: Vec<u32>,
+    saw_warm: bool,
+    shared: Arc<Shared>,
+}
+
+impl Sub {
+    fn consume(
+        &mut self,
+        bytes: &[u8],
+        dechunker: &mut Dechunker,
+        scanner: &mut Scanner,
+    ) -> Result<(), String> {
+        let shared = &*self.shared;
         let now = shared.clock.now_ns();
         let mut fresh = 0u64;
         let mut dups = 0u64;
+        let (tracker, samples, saw_warm) = (&mut self.tracker, &mut self.samples, &mut self.saw_warm);
         dechunker.feed(bytes, |payload| {
             scanner.feed(payload, |found| match found {
                 Found::Seq(seq) => {
@@ -249,32 +319,9 @@ async fn run(
         if dups > 0 {
             shared.duplicates.fetch_add(dups, Ordering::Relaxed);
         }
-        if samples.len() >= SAMPLE_BATCH {
-            shared.latencies.flush(index, samples);
+        if self.samples.len() >= SAMPLE_BATCH {
+            shared.latencies.flush(self.index, &mut self.samples);
         }
         Ok(())
-    };
-
-    let first = std::mem::take(&mut pending);
-    let mut ok = consume(&first, &mut tracker, &mut samples, &mut saw_warm);
-    while ok.is_ok() {
-        tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            read = stream.read(&mut buf) => match read {
-                Ok(0) => { ok = Err("stream closed by the server".into()); }
-                Ok(n) => ok = consume(&buf[..n], &mut tracker, &mut samples, &mut saw_warm),
-                Err(e) => ok = Err(format!("read: {e}")),
-            },
-        }
-    }
-    if let Err(e) = ok {
-        shared.closed.fetch_add(1, Ordering::Relaxed);
-        shared.error(e);
-    }
-    shared.latencies.flush(index, &mut samples);
-    Outcome {
-        tracker,
-        warmed: saw_warm,
     }
 }

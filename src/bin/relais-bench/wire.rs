@@ -18,6 +18,8 @@ pub struct Head {
     pub chunked: bool,
     /// `Content-Length`, when given.
     pub content_length: Option<usize>,
+    /// `Connection: close`: the server closes the connection after this response.
+    pub close: bool,
     /// Bytes taken by the head, including the blank line.
     pub len: usize,
 }
@@ -38,6 +40,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Result<Head, String>> {
     };
     let mut chunked = false;
     let mut content_length = None;
+    let mut close = false;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
@@ -45,6 +48,8 @@ pub fn parse_head(buf: &[u8]) -> Option<Result<Head, String>> {
                 chunked = value.to_ascii_lowercase().contains("chunked");
             } else if name.eq_ignore_ascii_case("content-length") {
                 content_length = value.parse().ok();
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close");
             }
         }
     }
@@ -52,6 +57,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Result<Head, String>> {
         status,
         chunked,
         content_length,
+        close,
         len: end,
     }))
 }
