@@ -6,11 +6,13 @@
 //! - [`ingest`]: webhook sources turned into events (pure parsing and normalization);
 //! - [`bus`]: where events are published (in-process, or Redis for several instances);
 //! - [`hub`]: topics, history and fan-out to subscribers;
+//! - [`alerts`]: Matrix / Tchap notices when a record enters an alert state;
 //! - [`http`]: SSE subscribe, publish, webhooks, auth and operations endpoints;
 //! - [`auth`]: JWT verification and minting;
 //! - [`config`]: the TOML file and environment overrides;
 //! - [`server`] and [`telemetry`]: running it all.
 
+pub mod alerts;
 pub mod auth;
 pub mod bus;
 pub mod config;

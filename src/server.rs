@@ -8,10 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::keys::KeyOrigin;
 use crate::auth::{Authenticator, KeyMaterial, KeySetupError};
-use crate::bus::Bus;
+use crate::bus::{Bus, RedisBus};
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
+use crate::ingest::{Ingestor, Source};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,12 @@ pub enum ServeError {
     /// The configuration is not usable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Redis was configured but could not be reached.
+    #[error(transparent)]
+    Redis(#[from] crate::bus::redis::RedisConnectError),
+    /// The Matrix alert client could not be set up.
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::ClientError),
     /// The listener could not be bound or failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -41,7 +48,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.hub.history_size,
         config.hub.subscriber_backlog,
     ));
-    let bus = Bus::local(hub.clone());
+    let shutdown = CancellationToken::new();
+    let bus = match &config.redis.url {
+        None => Bus::local(hub.clone()),
+        Some(url) => Bus::Redis(Box::new(
+            RedisBus::connect(
+                url.expose(),
+                config.redis.key_prefix.as_deref().unwrap_or("relais:"),
+                config.hub.history_size,
+                hub.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        )),
+    };
+    let ingest = Arc::new(Ingestor::new(&config, bus.clone())?);
     let addr = config.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
@@ -53,8 +74,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         addr: addr.to_string(),
         source,
     })?;
-    let shutdown = CancellationToken::new();
-    announce(&config, &keys.origin, &bus, local);
+    announce(&config, &keys.origin, &bus, &ingest, local);
+    // Attached to the hub before the first request (and after the Redis bus loaded its
+    // history, so past events raise no alert), beside ingestion and streaming.
+    let _alerts = crate::alerts::start(&config.matrix, &hub, &bus, shutdown.clone()).await?;
 
     let state = AppState {
         config: Arc::new(config),
@@ -63,21 +86,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         auth,
         shutdown: shutdown.clone(),
         metrics,
+        ingest,
     };
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: local.to_string(),
-            source,
-        })?;
+    let app = router(state.clone());
+    crate::http::serve::run(listener, app, state).await;
     tracing::info!("relais stopped");
     Ok(())
 }
 
-fn announce(config: &Config, origin: &KeyOrigin, bus: &Bus, local: std::net::SocketAddr) {
+fn announce(
+    config: &Config,
+    origin: &KeyOrigin,
+    bus: &Bus,
+    ingest: &Ingestor,
+    local: std::net::SocketAddr,
+) {
     tracing::info!("relais listening on http://{local}");
     tracing::info!(
         "subscribe: GET http://{local}/.well-known/mercure?topic=...  publish: POST same URL"
@@ -102,9 +126,53 @@ fn announce(config: &Config, origin: &KeyOrigin, bus: &Bus, local: std::net::Soc
         tracing::info!("sources: none configured (see config/relais.toml)");
     }
     for (name, source) in &config.sources {
-        tracing::info!("source {name}: {:?} webhook", source.kind);
+        announce_source(local, name, source, ingest.source(name));
+    }
+    if !config.sources.is_empty() {
+        tracing::info!("record state: {}", ingest.store().describe());
     }
     tracing::info!("history: last {} events", config.hub.history_size);
+}
+
+/// One line per source: its webhook URL, auth mode, event type and topics (never a
+/// secret).
+fn announce_source(
+    local: std::net::SocketAddr,
+    name: &str,
+    config: &crate::config::SourceConfig,
+    source: Option<&Source>,
+) {
+    let Some(source) = source else { return };
+    let mut auth = Vec::new();
+    match source {
+        Source::Grist(_) => {
+            if config.authorization.is_some() {
+                auth.push("Authorization header");
+            }
+            if config.secret.is_some() {
+                auth.push("?secret= query parameter");
+            }
+        }
+        Source::Hub(_) => {
+            if config.secret.is_some() {
+                auth.push("Standard Webhooks signature");
+            }
+            if config.authorization.is_some() {
+                auth.push("Authorization header");
+            }
+        }
+    }
+    let (path, extra) = match source {
+        Source::Grist(g) => ("grist", format!(", table {}", g.table)),
+        Source::Hub(_) => ("hub", String::new()),
+    };
+    tracing::info!(
+        "source {name}: POST http://{local}/hooks/{path}/{name} (auth: {}; events: {}{extra}; topics: {}{})",
+        auth.join(" or "),
+        source.event_type(),
+        source.topics().join(", "),
+        if config.private { "; private" } else { "" },
+    );
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -498,3 +498,27 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn the_documented_example_configuration_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/relais.toml");
+    let out = relais_cmd(
+        &["check-config", "--config", example],
+        &[("RELAIS_SERVER__STATE_DIR", dir.path().to_str().unwrap())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[sources.cerema]") && text.contains("[sources.diagpv]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("change-me") && !text.contains("whsec_"),
+        "secrets masked: {text}"
+    );
+}

@@ -413,3 +413,68 @@ async fn sigterm_closes_streams_and_exits_cleanly() {
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+#[tokio::test]
+async fn streams_carry_cors_headers_for_allowed_origins() {
+    let relais = Relais::start(&[(
+        "RELAIS_SERVER__CORS_ORIGINS",
+        "[\"https://docs.getgrist.com\"]",
+    )]);
+    let tok = all();
+    let allowed = SseClient::connect(
+        &relais,
+        "topic=t",
+        Some(&tok),
+        &[("Origin", "https://docs.getgrist.com")],
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://docs.getgrist.com"
+    );
+    assert_eq!(allowed.headers["access-control-allow-credentials"], "true");
+    let other = SseClient::connect(
+        &relais,
+        "topic=t",
+        Some(&tok),
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn a_subscription_on_a_reused_keep_alive_connection_streams_too() {
+    // The first request of a connection decides its path; a subscription that comes after
+    // another request on the same connection is served by the general HTTP path.
+    let relais = Relais::start(&[]);
+    let tok = all();
+    let addr = relais.base.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(socket, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = socket.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    write!(
+        socket,
+        "GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("retry: 2000") {
+        let n = socket.read(&mut buf).expect("the stream opens");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let id = publish_ok(&relais, &tok, "t", "over keep-alive").await;
+    while !seen.contains(&id) {
+        let n = socket.read(&mut buf).expect("the event arrives");
+        assert!(n > 0, "stream closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+}

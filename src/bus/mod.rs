@@ -1,15 +1,18 @@
 //! The bus: where committed events go so that every instance's hub streams them.
 //!
-//! The in-process bus (the default) commits straight into this process's [`Hub`]. A
+//! The in-process bus (the default) commits straight into this process's [`Hub`]; the
+//! Redis bus shares one ordered stream between instances. A
 //! publish call returns once the events are durably on the bus, which is the moment a
 //! webhook may be acknowledged.
 
 pub mod local;
+pub mod redis;
 
 use std::sync::Arc;
 
 use crate::hub::{CommitError, EventDraft, Hub};
 
+pub use self::redis::RedisBus;
 pub use local::LocalBus;
 
 /// Why the bus did not take events.
@@ -28,6 +31,8 @@ pub enum BusError {
 pub enum Bus {
     /// Single process, no dependency.
     Local(LocalBus),
+    /// Several instances sharing a Redis stream.
+    Redis(Box<RedisBus>),
 }
 
 impl Bus {
@@ -40,6 +45,7 @@ impl Bus {
     pub async fn publish(&self, drafts: Vec<EventDraft>) -> Result<Vec<String>, BusError> {
         match self {
             Bus::Local(bus) => bus.publish(drafts),
+            Bus::Redis(bus) => bus.publish(drafts).await,
         }
     }
 
@@ -47,6 +53,15 @@ impl Bus {
     pub async fn ready(&self) -> bool {
         match self {
             Bus::Local(_) => true,
+            Bus::Redis(bus) => bus.ready().await,
+        }
+    }
+
+    /// Before a resume from an ID this instance does not know: waits briefly until it has
+    /// read everything other instances published (no-op in process).
+    pub async fn catch_up(&self) {
+        if let Bus::Redis(bus) = self {
+            bus.catch_up().await;
         }
     }
 
@@ -54,6 +69,7 @@ impl Bus {
     pub fn describe(&self) -> &'static str {
         match self {
             Bus::Local(_) => "in-process bus, in-memory history",
+            Bus::Redis(_) => "Redis bus (stream), history shared through Redis",
         }
     }
 }

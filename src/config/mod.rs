@@ -140,6 +140,10 @@ pub struct HubConfig {
     /// How many events a subscriber may fall behind before it is disconnected (it then
     /// reconnects and resumes from its last ID). Rounded up to a power of two.
     pub subscriber_backlog: usize,
+    /// How many webhook records (Grist rows, DiagPV modules; all sources together) relais
+    /// remembers to compute `change`/`changed`/`previous` and absorb retries; the least
+    /// recently used is forgotten first.
+    pub record_state_capacity: usize,
 }
 
 impl Default for HubConfig {
@@ -148,18 +152,32 @@ impl Default for HubConfig {
             allow_anonymous: false,
             history_size: 10_000,
             subscriber_backlog: 8192,
+            record_state_capacity: crate::ingest::state::DEFAULT_CAPACITY,
         }
     }
 }
 
 /// `[redis]`: the bus shared by several instances.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`; unset means the in-process bus.
     pub url: Option<Secret>,
-    /// Prefix of every Redis key relais uses.
+    /// Prefix of every Redis key relais uses (default `relais:`).
     pub key_prefix: Option<String>,
+    /// How long a record's state is kept in Redis after its last change (`30d`).
+    #[serde(with = "duration::serde_human")]
+    pub state_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: None,
+            state_ttl: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 /// Which kind of webhook a source receives.
@@ -205,7 +223,7 @@ pub struct SourceConfig {
 }
 
 /// `[matrix]`: alerts to a Matrix / Tchap room.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatrixConfig {
     /// Client-server API base URL, e.g. `https://matrix.agent.tchap.gouv.fr`.
@@ -216,6 +234,45 @@ pub struct MatrixConfig {
     pub room_id: Option<String>,
     /// Alert rules; empty with Matrix configured means the default rules.
     pub rules: Vec<AlertRuleConfig>,
+    /// Least time between two sends (Tchap asks for about one call per second).
+    #[serde(with = "duration::serde_human")]
+    pub min_interval: Duration,
+    /// Alerts waiting to be sent at most; beyond, new alerts are dropped and counted in
+    /// `relais_alerts_dropped_total{reason="queue_full"}`.
+    pub queue_size: usize,
+    /// First delay before retrying after a network error or a 5xx answer (doubled at
+    /// each failure up to `retry_max`).
+    #[serde(with = "duration::serde_human")]
+    pub retry_initial: Duration,
+    /// Longest delay between two retries.
+    #[serde(with = "duration::serde_human")]
+    pub retry_max: Duration,
+    /// Time limit of one request to the homeserver.
+    #[serde(with = "duration::serde_human")]
+    pub request_timeout: Duration,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        Self {
+            homeserver: None,
+            access_token: None,
+            room_id: None,
+            rules: Vec::new(),
+            min_interval: Duration::from_secs(1),
+            queue_size: 1000,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MatrixConfig {
+    /// Whether alerts are on (homeserver, access token and room all set).
+    pub fn enabled(&self) -> bool {
+        self.homeserver.is_some() && self.access_token.is_some() && self.room_id.is_some()
+    }
 }
 
 /// One alert rule: events of `event_type` whose `field` takes one of `values`.
@@ -320,6 +377,9 @@ impl Config {
         if self.hub.subscriber_backlog == 0 {
             return invalid("hub.subscriber_backlog: must be at least 1".into());
         }
+        if self.hub.record_state_capacity == 0 {
+            return invalid("hub.record_state_capacity: must be at least 1".into());
+        }
         match self.jwt.algorithm {
             JwtAlgorithm::HS256 => {
                 if let Some(secret) = &self.jwt.secret {
@@ -354,6 +414,9 @@ impl Config {
                     "sources.{name}: set `authorization` (header value) or `secret`, so that only the real sender can post"
                 ));
             }
+            if let Err(e) = crate::ingest::Source::from_config(name, source) {
+                return invalid(format!("sources.{name}.{e}"));
+            }
             if source.kind == SourceKind::Hub {
                 if let Some(secret) = &source.secret {
                     if crate::ingest::signature::WebhookSecret::parse(secret.expose()).is_err() {
@@ -382,6 +445,57 @@ impl Config {
                     "matrix.homeserver: {url:?} must start with https:// (or http:// for a local test server)"
                 ));
             }
+        }
+        if let Some(room) = &matrix.room_id {
+            if !room.starts_with('!') || room.len() < 2 || room.chars().any(char::is_whitespace) {
+                return invalid(format!(
+                    "matrix.room_id: {room:?} is not a room ID: a room ID starts with '!' (room settings → Advanced → internal room ID); an alias (#room:server) cannot be used"
+                ));
+            }
+        }
+        if matrix.queue_size == 0 {
+            return invalid("matrix.queue_size: must be at least 1".into());
+        }
+        if matrix.retry_initial.is_zero() {
+            return invalid("matrix.retry_initial: must be greater than 0".into());
+        }
+        if matrix.retry_max < matrix.retry_initial {
+            return invalid("matrix.retry_max: must be at least matrix.retry_initial".into());
+        }
+        if matrix.request_timeout.is_zero() {
+            return invalid("matrix.request_timeout: must be greater than 0".into());
+        }
+        for (i, rule) in matrix.rules.iter().enumerate() {
+            let at = format!("matrix.rules[{i}]");
+            if rule.name.trim().is_empty() {
+                return invalid(format!(
+                    "{at}.name: a rule needs a name (used in logs and metrics)"
+                ));
+            }
+            if matrix.rules[..i].iter().any(|r| r.name == rule.name) {
+                return invalid(format!(
+                    "{at}.name: {:?} is used by two rules; names must be unique (they make the Matrix transaction IDs)",
+                    rule.name
+                ));
+            }
+            if rule.event_type.trim().is_empty() {
+                return invalid(format!(
+                    "{at}.event_type: required (e.g. \"intervention\", \"module\")"
+                ));
+            }
+            if rule.field.trim().is_empty() {
+                return invalid(format!(
+                    "{at}.field: required (e.g. \"priority\", \"status\")"
+                ));
+            }
+            if rule.values.is_empty() {
+                return invalid(format!(
+                    "{at}.values: list at least one value that raises the alert"
+                ));
+            }
+        }
+        if self.redis.state_ttl.is_zero() {
+            return invalid("redis.state_ttl: must be greater than 0".into());
         }
         if let Some(url) = &self.redis.url {
             let u = url.expose();

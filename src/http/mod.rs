@@ -1,17 +1,21 @@
-//! The HTTP side: the router, shared state and the handlers (subscribe, publish, ops).
+//! The HTTP side: the router, shared state and the handlers (subscribe, publish,
+//! webhooks, ops, the dashboard widget).
 
 pub mod auth;
 pub mod error;
+pub mod hooks;
 pub mod ops;
 pub mod publish;
 pub mod query;
+pub mod serve;
 pub mod subscribe;
+pub mod widget;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +25,7 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::ingest::Ingestor;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -37,6 +42,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Renders `/metrics` (absent when no recorder is installed).
     pub metrics: Option<PrometheusHandle>,
+    /// Webhook sources, record state and the path to the bus.
+    pub ingest: Arc<Ingestor>,
 }
 
 /// The Mercure hub path.
@@ -51,9 +58,15 @@ pub fn router(state: AppState) -> Router {
             MERCURE_PATH,
             get(subscribe::subscribe).post(publish::publish),
         )
+        .route("/hooks/grist/{source}", post(hooks::grist_hook))
+        .route("/hooks/hub/{source}", post(hooks::hub_hook))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/widget", get(widget::redirect))
+        .route("/widget/", get(widget::index))
+        .route("/widget/widget.js", get(widget::script))
+        .route("/widget/widget.css", get(widget::style))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);

@@ -4,14 +4,17 @@
 //! events that are already queued when the subscriber's task wakes are written together
 //! (coalescing), each frame being the bytes encoded once at commit time.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use futures::Stream;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::MissedTickBehavior;
 
@@ -24,13 +27,54 @@ use crate::hub::{sse, Event, ResumeFrom, Selector, Subscription};
 /// Largest chunk a subscriber's task hands to the socket at once.
 const MAX_CHUNK: usize = 64 * 1024;
 
+/// A subscription that passed every check, ready to stream.
+pub struct Prepared {
+    /// The stream's bytes: `retry:`, the replay, then live events and heartbeats.
+    pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>,
+    /// The asked ID was not retained: answer with `Last-Event-ID: earliest`.
+    pub history_gap: bool,
+}
+
+/// The response headers of a stream (besides CORS), for both serving paths.
+pub fn stream_headers(history_gap: bool) -> Vec<(&'static str, &'static str)> {
+    let mut headers = vec![
+        ("content-type", "text/event-stream"),
+        (
+            "cache-control",
+            "private, no-cache, no-store, must-revalidate, max-age=0",
+        ),
+        ("x-accel-buffering", "no"),
+    ];
+    if history_gap {
+        headers.push(("last-event-id", "earliest"));
+    }
+    headers
+}
+
 /// Opens an SSE stream for the request's topic selectors.
 pub async fn subscribe(
     State(app): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = QueryPairs::parse(raw.as_deref());
+    let prepared = prepare(app, &headers, raw.as_deref()).await?;
+    let mut response = Response::new(Body::from_stream(prepared.stream));
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    for (name, value) in stream_headers(prepared.history_gap) {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    Ok(response)
+}
+
+/// Checks a subscribe request (selectors, token, claims, resume point) and attaches it to
+/// the hub. Used by the handler above and by the lean SSE path of [`super::serve`].
+pub async fn prepare(
+    app: AppState,
+    headers: &HeaderMap,
+    raw_query: Option<&str>,
+) -> Result<Prepared, ApiError> {
+    let query = QueryPairs::parse(raw_query);
     let selectors = query
         .all("topic")
         .map(|t| Selector::parse(t).map_err(|e| ApiError::bad_request("topic", e.to_string())))
@@ -41,7 +85,7 @@ pub async fn subscribe(
             "at least one `topic` query parameter (a topic, a URI template or *) is required",
         ));
     }
-    let identity = identify(&app.auth, &headers, &query)?;
+    let identity = identify(&app.auth, headers, &query)?;
     let (claims, subject, expires_at) = match identity {
         Some(id) => {
             if let Some(denied) = selectors
@@ -64,6 +108,12 @@ pub async fn subscribe(
         .or_else(|| query.first("lastEventID"))
         .or_else(|| query.first("Last-Event-ID"));
     let resume = ResumeFrom::parse(resume);
+    if let ResumeFrom::After(id) = &resume {
+        if !app.hub.retains(id) {
+            // Another instance may have sent it moments ago: let this one catch up.
+            app.bus.catch_up().await;
+        }
+    }
 
     let subscription = Subscription { selectors, claims };
     let attach = app.hub.attach(&resume);
@@ -71,11 +121,13 @@ pub async fn subscribe(
 
     let mut preamble = BytesMut::new();
     preamble.extend_from_slice(&sse::encode_retry(app.config.server.retry_ms));
-    let mut replayed = 0u64;
-    for event in attach.replay.iter().filter(|e| subscription.wants(e)) {
-        preamble.extend_from_slice(&event.frame);
-        event.delivered.increment(1);
-        replayed += 1;
+    let mut replay = Batch::default();
+    for event in &attach.replay {
+        replay.offer(&subscription, event);
+    }
+    let replayed = replay.count;
+    if let Some((bytes, _, _)) = replay.finish() {
+        preamble.extend_from_slice(&bytes);
     }
 
     let session = Session::start(subject, &subscription, replayed, gap);
@@ -88,22 +140,10 @@ pub async fn subscribe(
         session,
     );
 
-    let mut response = Response::new(Body::from_stream(stream));
-    *response.status_mut() = StatusCode::OK;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
-    );
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if gap {
-        h.insert("last-event-id", HeaderValue::from_static("earliest"));
-    }
-    Ok(response)
+    Ok(Prepared {
+        stream: Box::pin(stream),
+        history_gap: gap,
+    })
 }
 
 /// Why a stream ended, for the session log line.
@@ -227,12 +267,17 @@ fn event_stream(
 }
 
 /// The frames one wake-up of a subscriber writes at once.
+///
+/// Delivery counters are shared by all subscribers; to keep their cache line quiet, a
+/// batch adds to them once per run of events with the same counter (a burst of one
+/// source's rows is one run), not once per event.
 #[derive(Default)]
 struct Batch {
     single: Option<Bytes>,
     joined: BytesMut,
     count: u64,
     oldest: Option<Instant>,
+    run: Option<(Arc<Event>, u64)>,
 }
 
 impl Batch {
@@ -240,7 +285,18 @@ impl Batch {
         if !subscription.wants(event) {
             return;
         }
-        event.delivered.increment(1);
+        match &mut self.run {
+            Some((first, n))
+                if first.source == event.source && first.event_type == event.event_type =>
+            {
+                *n += 1
+            }
+            run => {
+                if let Some((first, n)) = run.replace((event.clone(), 1)) {
+                    first.delivered.increment(n);
+                }
+            }
+        }
         self.count += 1;
         self.oldest.get_or_insert(event.committed_at);
         match self.single.take() {
@@ -257,7 +313,10 @@ impl Batch {
         self.single.as_ref().map_or(self.joined.len(), Bytes::len)
     }
 
-    fn finish(self) -> Option<(Bytes, u64, Instant)> {
+    fn finish(mut self) -> Option<(Bytes, u64, Instant)> {
+        if let Some((first, n)) = self.run.take() {
+            first.delivered.increment(n);
+        }
         let oldest = self.oldest?;
         let bytes = match self.single {
             Some(b) => b,

@@ -100,6 +100,11 @@ impl Hub {
         self.lock().history.len()
     }
 
+    /// Whether an event with this ID is retained.
+    pub fn retains(&self, id: &str) -> bool {
+        self.lock().history.contains(id)
+    }
+
     /// Number of live receivers (connected subscribers).
     pub fn receiver_count(&self) -> usize {
         self.sender.receiver_count()

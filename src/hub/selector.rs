@@ -5,6 +5,9 @@
 //! percent-encoded on expansion); reserved `{+var}` and fragment `{#var}` expansions can
 //! hold anything; the other operators (`/ . ; ? &`) match their prefixed lists.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use regex::Regex;
 
 /// A compiled topic selector.
@@ -46,7 +49,7 @@ impl Selector {
         if !text.contains('{') && !text.contains('}') {
             return Ok(Selector::Exact(text.to_string()));
         }
-        let regex = compile_template(text)?;
+        let regex = cached_template(text)?;
         Ok(Selector::Template {
             source: text.to_string(),
             regex,
@@ -81,6 +84,29 @@ impl Selector {
             _ => self.as_str() == requested.as_str(),
         }
     }
+}
+
+/// Compiled templates, shared: many subscribers ask for the same selectors, and a
+/// `Regex` clone is a reference count, not a recompilation.
+fn cached_template(text: &str) -> Result<Regex, SelectorError> {
+    const MAX_CACHED: usize = 4096;
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let found = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(text)
+        .cloned();
+    if let Some(regex) = found {
+        return Ok(regex);
+    }
+    let regex = compile_template(text)?;
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= MAX_CACHED {
+        c.clear();
+    }
+    c.insert(text.to_string(), regex.clone());
+    Ok(regex)
 }
 
 fn compile_template(text: &str) -> Result<Regex, SelectorError> {

@@ -1,6 +1,27 @@
 //! Ingestion: webhook sources (Grist, the DiagPV hub) turned into normalized events.
 //!
-//! Parsing, normalization and signature checks are pure functions, free of I/O, so they
-//! can be unit-tested and fuzzed; the HTTP handlers in `http::hooks` call them.
+//! Parsing, normalization, diffs and signature checks are pure functions, free of I/O,
+//! so they can be unit-tested and fuzzed:
+//! - [`grist`]: Grist webhook bodies, column mapping, `intervention` events;
+//! - [`diagpv`]: DiagPV hub module updates, last write wins, `module` events;
+//! - [`record`]: stored record state and the add/update diff;
+//! - [`topics`]: per-source topic templates;
+//! - [`signature`]: Standard Webhooks verification;
+//! - [`error`]: payload errors naming the row and field.
+//!
+//! [`state`] keeps the last known state of each record (bounded, in memory) and
+//! [`pipeline`] runs a request: load states, diff, publish on the bus, store states. The
+//! HTTP handlers are in `http::hooks`.
 
+pub mod diagpv;
+pub mod error;
+pub mod grist;
+pub mod pipeline;
+pub mod record;
 pub mod signature;
+pub mod state;
+pub mod topics;
+
+pub use error::InputError;
+pub use pipeline::{IngestError, Ingestor, Source, Summary};
+pub use state::{StateStore, StoreError};

@@ -3,6 +3,8 @@
 //! Server-Sent Events over a real HTTP connection.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};

@@ -35,8 +35,9 @@ pub struct Args {
     pub batch: usize,
 
     /// `burst` without --rate: batches in flight (published but not yet delivered to
-    /// every subscriber) before the next one is sent.
-    #[arg(long, default_value_t = 4)]
+    /// every subscriber) before the next one is sent. 1 keeps Pushpin's per-connection
+    /// queue (100 items) from overflowing.
+    #[arg(long, default_value_t = 1)]
     pub window: usize,
 
     /// Redis URL passed to the relais it starts (`RELAIS_REDIS__URL`).
@@ -69,9 +70,10 @@ pub struct Args {
     #[arg(long)]
     pub target_pid: Option<u32>,
 
-    /// How events reach relais: `mercure` (POST /.well-known/mercure, one event per
-    /// request) or `grist` (POST /hooks/grist/{source}, one request per batch).
-    #[arg(long, value_enum, default_value_t = Ingest::Mercure)]
+    /// How events reach relais: `grist` (POST /hooks/grist/{source}, one request per
+    /// batch, or per event in `trickle`) or `mercure` (POST /.well-known/mercure, one
+    /// request per event).
+    #[arg(long, value_enum, default_value_t = Ingest::Grist)]
     pub ingest: Ingest,
 
     /// Webhook source name used with `--ingest grist`.

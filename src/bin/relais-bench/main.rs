@@ -63,7 +63,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// On Ctrl-C or SIGTERM: stop the servers this tool started, then exit.
+fn spawn_interrupt_handler() {
+    tokio::spawn(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        eprintln!("relais-bench: interrupted; stopping the servers it started");
+        procstat::terminate_children();
+        std::process::exit(130);
+    });
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    spawn_interrupt_handler();
     let ingest = match args.ingest {
         Ingest::Mercure => "mercure",
         Ingest::Grist => "grist",
@@ -288,6 +310,9 @@ async fn measure(
         0.0
     };
     f.elapsed_secs = published.end_ns.saturating_sub(published.first_send_ns) as f64 / 1e9;
+    if f.elapsed_secs > 0.0 {
+        f.events_per_sec = f.events as f64 / f.elapsed_secs;
+    }
     let p = latency::Percentiles::of(&shared.latencies.merged());
     (f.latency_p50_ms, f.latency_p99_ms, f.latency_p999_ms, f.latency_max_ms) =
         (p.p50, p.p99, p.p999, p.max);

@@ -3,6 +3,33 @@
 //! raising this process's open-file limit.
 
 use std::fs;
+use std::sync::Mutex;
+
+/// Processes this tool started and must stop if it is interrupted.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Remembers a process this tool started.
+pub fn register_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// Forgets a process that was stopped.
+pub fn unregister_child(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// Sends SIGTERM to every process this tool started, and to their children.
+pub fn terminate_children() {
+    let pids = CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for pid in pids {
+        for p in tree(pid).into_iter().rev() {
+            terminate(p);
+        }
+    }
+}
 
 /// Memory and CPU of a process tree at one moment.
 #[derive(Debug, Clone, Copy, Default)]

@@ -200,6 +200,7 @@ impl PushpinTarget {
                     bin.display()
                 )
             })?;
+        crate::procstat::register_child(child.id());
         let mut target = Self {
             child: Some(child),
             http_addr: SocketAddr::from(([127, 0, 0, 1], http)),
@@ -245,6 +246,7 @@ impl PushpinTarget {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pids = crate::procstat::tree(child.id());
+            crate::procstat::unregister_child(child.id());
             crate::procstat::terminate(child.id());
             for _ in 0..100 {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -146,6 +146,7 @@ impl RelaisTarget {
             }
         });
         let pid = child.id();
+        crate::procstat::register_child(pid);
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
@@ -183,6 +184,7 @@ impl RelaisTarget {
     /// Stops relais (SIGTERM, then SIGKILL after 10 s) if the benchmark started it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            crate::procstat::unregister_child(child.id());
             crate::procstat::terminate(child.id());
             for _ in 0..100 {
                 if let Ok(Some(_)) = child.try_wait() {

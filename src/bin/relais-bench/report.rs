@@ -17,6 +17,8 @@ pub struct Figures {
     pub events: u64,
     /// First receipts, all subscribers together.
     pub deliveries: u64,
+    /// Events (webhook rows) published per second while publishing.
+    pub events_per_sec: f64,
     /// Deliveries per second, from the first send to the last delivery.
     pub deliveries_per_sec: f64,
     /// End-to-end latency percentiles (send → parsed by the subscriber), ms.
@@ -56,6 +58,7 @@ pub struct Figures {
 /// Figures compared by ratio, with the JSON key and table label, and whether higher is
 /// better.
 const COMPARED: &[(&str, &str, bool)] = &[
+    ("events_per_sec", "events published/s", true),
     ("deliveries_per_sec", "deliveries/s", true),
     ("latency_p50_ms", "latency p50 ms", false),
     ("latency_p99_ms", "latency p99 ms", false),
@@ -72,6 +75,7 @@ const COMPARED: &[(&str, &str, bool)] = &[
 
 fn value(f: &Figures, key: &str) -> f64 {
     match key {
+        "events_per_sec" => f.events_per_sec,
         "deliveries_per_sec" => f.deliveries_per_sec,
         "latency_p50_ms" => f.latency_p50_ms,
         "latency_p99_ms" => f.latency_p99_ms,
