@@ -104,8 +104,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub pushpin_message_rate: u64,
 
-    /// Pushpin's `[handler] message_hwm` (default 25000).
-    #[arg(long, default_value_t = 200_000)]
+    /// Pushpin's `[handler] message_hwm` (default 25000). It bounds the weight queued in
+    /// its publish limiter, and one item weighs one per receiving connection: at 10,000
+    /// subscribers anything below a billion drops most of a 100-item batch.
+    #[arg(long, default_value_t = 1_000_000_000)]
     pub pushpin_message_hwm: u64,
 
     /// Keep the per-second progress lines off stderr.
