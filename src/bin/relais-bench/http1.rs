@@ -100,7 +100,11 @@ impl Http1 {
             .map_err(|e| format!("write: {e}"))?;
         let head = loop {
             // A chunked response's final CRLF may arrive late: it is not part of the head.
-            let skip = self.buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+            let skip = self
+                .buf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
             self.buf.drain(..skip);
             if let Some(head) = parse_head(&self.buf) {
                 break head?;

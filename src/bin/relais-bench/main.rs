@@ -281,7 +281,10 @@ async fn measure(
     let after_connect = procstat::sample(&pids());
 
     // Workload.
-    let cpu0 = (procstat::sample(&pids()).cpu_seconds, procstat::own().cpu_seconds);
+    let cpu0 = (
+        procstat::sample(&pids()).cpu_seconds,
+        procstat::own().cpu_seconds,
+    );
     let published = if ready > 0 {
         workload::run(args, &mut sender, &shared, ready).await
     } else {
@@ -314,8 +317,12 @@ async fn measure(
         f.events_per_sec = f.events as f64 / f.elapsed_secs;
     }
     let p = latency::Percentiles::of(&shared.latencies.merged());
-    (f.latency_p50_ms, f.latency_p99_ms, f.latency_p999_ms, f.latency_max_ms) =
-        (p.p50, p.p99, p.p999, p.max);
+    (
+        f.latency_p50_ms,
+        f.latency_p99_ms,
+        f.latency_p999_ms,
+        f.latency_max_ms,
+    ) = (p.p50, p.p99, p.p999, p.max);
     f.rss_bytes = peak_rss
         .load(Ordering::Relaxed)
         .max(end.rss_bytes)

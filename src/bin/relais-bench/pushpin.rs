@@ -171,9 +171,7 @@ impl PushpinTarget {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("backend: {e}"))?;
-        let backend_addr = listener
-            .local_addr()
-            .map_err(|e| format!("backend: {e}"))?;
+        let backend_addr = listener.local_addr().map_err(|e| format!("backend: {e}"))?;
         let backend = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 tokio::spawn(serve_backend(s));

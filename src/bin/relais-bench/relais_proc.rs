@@ -112,7 +112,10 @@ impl RelaisTarget {
             .env("RELAIS_JWT__SECRET", &secret)
             .env("RELAIS_SERVER__STATE_DIR", &state_dir)
             .env(format!("RELAIS_SOURCES__{source}__KIND"), "grist")
-            .env(format!("RELAIS_SOURCES__{source}__AUTHORIZATION"), HOOK_AUTH)
+            .env(
+                format!("RELAIS_SOURCES__{source}__AUTHORIZATION"),
+                HOOK_AUTH,
+            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         if let Some(url) = &args.redis {

@@ -290,7 +290,8 @@ impl Sub {
         let now = shared.clock.now_ns();
         let mut fresh = 0u64;
         let mut dups = 0u64;
-        let (tracker, samples, saw_warm) = (&mut self.tracker, &mut self.samples, &mut self.saw_warm);
+        let (tracker, samples, saw_warm) =
+            (&mut self.tracker, &mut self.samples, &mut self.saw_warm);
         dechunker.feed(bytes, |payload| {
             scanner.feed(payload, |found| match found {
                 Found::Seq(seq) => {

@@ -111,7 +111,12 @@ async fn mercure_publish(
 impl Sender {
     /// Sends events `first..first + count` as one batch (one request, or `count`
     /// Mercure publishes back to back), marking each send time.
-    pub async fn publish(&mut self, shared: &Shared, first: u64, count: usize) -> Result<(), String> {
+    pub async fn publish(
+        &mut self,
+        shared: &Shared,
+        first: u64,
+        count: usize,
+    ) -> Result<(), String> {
         let rows: Vec<(u64, serde_json::Value)> = (first..first + count as u64)
             .map(|seq| (seq, row(seq, seq % 100 + 1)))
             .collect();
@@ -132,8 +137,8 @@ impl Sender {
                 hook_auth,
                 ..
             } => {
-                let body =
-                    serde_json::to_vec(&rows.iter().map(|(_, r)| r).collect::<Vec<_>>()).unwrap_or_default();
+                let body = serde_json::to_vec(&rows.iter().map(|(_, r)| r).collect::<Vec<_>>())
+                    .unwrap_or_default();
                 let now = shared.clock.now_ns();
                 for (seq, _) in &rows {
                     shared.send_log.mark(*seq, now);
@@ -270,7 +275,10 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
             let mut batches: u64 = 0;
             while Instant::now() < deadline && seq as usize + batch <= MAX_EVENTS {
                 if let Some(rate) = args.rate {
-                    let at = start + Duration::from_secs_f64((batches * batch as u64) as f64 / rate.max(0.001));
+                    let at = start
+                        + Duration::from_secs_f64(
+                            (batches * batch as u64) as f64 / rate.max(0.001),
+                        );
                     tokio::time::sleep_until(at.into()).await;
                 } else if batches >= args.window as u64 {
                     let older = (batches - args.window as u64) * batch as u64;
