@@ -7,6 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use relais::auth::{KeyMaterial, TokenMinter};
+
+/// mimalloc instead of the system allocator: under webhook load glibc's malloc spent
+/// about half of relais' CPU consolidating and unlinking chunks (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use relais::config::{parse_duration, Config};
 
 /// Real-time relay: Grist and DiagPV webhooks in, Mercure SSE out, Matrix alerts.

@@ -1,10 +1,14 @@
 //! The ingestion pipeline: parsed webhook records in, events on the bus out.
 //!
-//! For one request, under the source's lock (so two deliveries of the same source never
-//! interleave their read-diff-write): load the known states of the records, plan the
-//! events (pure), publish them on the bus, and only then store the new states. If the
-//! bus refuses, nothing is stored and the caller answers 503, so the sender's retry
-//! finds the same known states and produces the same events.
+//! For one request: load the known states of the records, plan the events (pure),
+//! publish them on the bus, and only then store the new states. If the bus refuses,
+//! nothing is stored and the caller answers 503, so the sender's retry finds the same
+//! known states and produces the same events.
+//!
+//! In process, the source's lock keeps two deliveries from interleaving their
+//! read-diff-write. With Redis, the events and the states are written by one fenced
+//! script instead (see `state.rs`): deliveries run concurrently and one that raced over
+//! a record is planned again.
 
 use std::collections::HashMap;
 
@@ -194,7 +198,6 @@ impl Ingestor {
         };
         keys.sort_unstable();
         keys.dedup();
-        let _guard = entry.lock.lock().await;
         let event_type = entry.source.event_type();
         let private = entry.source.private();
         let drafts_of = |plan: &Plan| -> Vec<EventDraft> {
@@ -210,6 +213,8 @@ impl Ingestor {
         };
         let plan = match &self.store {
             StateStore::Memory(store) => {
+                // Two deliveries of one source never interleave their read-diff-write.
+                let _guard = entry.lock.lock().await;
                 let states = store.get_many(name, &keys);
                 let known = keys
                     .into_iter()
@@ -226,6 +231,8 @@ impl Ingestor {
                 plan
             }
             StateStore::Redis(store) => {
+                // No lock: deliveries run concurrently (on this instance as on others),
+                // and the fenced commit makes any that raced over a record replan.
                 let mut attempt = 0;
                 loop {
                     let snapshot = store.load(name, &keys).await?;
