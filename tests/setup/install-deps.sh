@@ -63,5 +63,5 @@ if ! "$synapse_venv/bin/python" -c 'import synapse.app.homeserver' >/dev/null 2>
   rm -rf "$synapse_venv"
   mkdir -p "$(dirname "$synapse_venv")"
   python3 -m venv "$synapse_venv"
-  "$synapse_venv/bin/pip" install -q --disable-pip-version-check matrix-synapse
+  "$synapse_venv/bin/pip" install -q --disable-pip-version-check matrix-synapse==1.163.2
 fi
