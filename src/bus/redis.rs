@@ -386,44 +386,49 @@ async fn load_tail(
         .xrevrange_count(&keys.stream, "+", "-", history_size)
         .await?;
     let mut last = StreamPos::default();
-    for entry in reply.ids.iter().rev() {
-        commit_entry(hub, entry);
+    let loaded = reply.ids.len();
+    for entry in reply.ids.into_iter().rev() {
         if let Some(p) = StreamPos::parse(&entry.id) {
             last = p;
         }
+        commit_entry(hub, entry);
     }
-    tracing::info!(
-        events = reply.ids.len(),
-        "loaded history from the Redis stream"
-    );
+    tracing::info!(events = loaded, "loaded history from the Redis stream");
     Ok(last)
 }
 
 /// Decodes one stream entry and commits it into the local hub.
-fn commit_entry(hub: &Hub, entry: &StreamId) {
-    let text = |field: &str| -> String {
-        match entry.map.get(field) {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(Value::SimpleString(s)) => s.clone(),
+fn commit_entry(hub: &Hub, entry: StreamId) {
+    let StreamId {
+        id: stream_id,
+        mut map,
+    } = entry;
+    // Take each field's bytes as they are (no copy when they are UTF-8, as relais writes).
+    let mut text = |field: &str| -> String {
+        match map.remove(field) {
+            Some(Value::BulkString(b)) => String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            Some(Value::SimpleString(s)) => s,
             _ => String::new(),
         }
     };
     let topics: Vec<String> = serde_json::from_str(&text("t")).unwrap_or_default();
     if topics.is_empty() {
-        tracing::warn!(stream_id = %entry.id, "skipping a stream entry without topics");
+        tracing::warn!(%stream_id, "skipping a stream entry without topics");
         return;
     }
-    let mut draft = EventDraft::new(topics, text("d"))
-        .with_id(text("i"))
-        .with_source(text("s"))
-        .private(text("p") == "1");
-    let event_type = text("y");
-    if !event_type.is_empty() {
-        draft = draft.with_type(event_type);
-    }
-    draft.retry = text("r").parse().ok();
+    let event_type = Some(text("y")).filter(|t| !t.is_empty());
+    let draft = EventDraft {
+        id: text("i"),
+        topics,
+        event_type,
+        data: text("d"),
+        private: text("p") == "1",
+        retry: text("r").parse().ok(),
+        source: text("s"),
+    };
     if let Err(e) = hub.commit(draft) {
-        tracing::warn!(stream_id = %entry.id, "skipping stream entry: {e}");
+        tracing::warn!(%stream_id, "skipping stream entry: {e}");
     }
 }
 
@@ -482,9 +487,10 @@ impl Reader {
                     }
                     backoff = Duration::from_millis(100);
                     for key in reply.map(|r| r.keys).unwrap_or_default() {
-                        for entry in &key.ids {
+                        for entry in key.ids {
+                            let position = StreamPos::parse(&entry.id);
                             commit_entry(&self.hub, entry);
-                            if let Some(p) = StreamPos::parse(&entry.id) {
+                            if let Some(p) = position {
                                 self.position.send_replace(p);
                             }
                         }

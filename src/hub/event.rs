@@ -71,6 +71,15 @@ pub fn generate_id() -> String {
     format!("urn:uuid:{}", uuid::Uuid::now_v7())
 }
 
+/// The `relais_events_out_total` counter of a source and event type.
+pub fn delivery_counter(source: &str, event_type: Option<&str>) -> metrics::Counter {
+    metrics::counter!(
+        "relais_events_out_total",
+        "source" => source.to_string(),
+        "type" => event_type.unwrap_or("message").to_string(),
+    )
+}
+
 /// A committed event.
 #[derive(Debug)]
 pub struct Event {
@@ -99,16 +108,18 @@ pub struct Event {
 impl Event {
     /// Commits a draft at position `seq`.
     pub fn new(seq: u64, draft: EventDraft) -> Self {
+        let delivered = delivery_counter(&draft.source, draft.event_type.as_deref());
+        Self::with_counter(seq, draft, delivered)
+    }
+
+    /// Commits a draft with the delivery counter of its source and type already looked
+    /// up (the hub keeps them, so that an event costs no registry lookup).
+    pub fn with_counter(seq: u64, draft: EventDraft, delivered: metrics::Counter) -> Self {
         let frame = sse::encode_event(
             &draft.id,
             draft.event_type.as_deref(),
             draft.retry,
             &draft.data,
-        );
-        let delivered = metrics::counter!(
-            "relais_events_out_total",
-            "source" => draft.source.clone(),
-            "type" => draft.event_type.clone().unwrap_or_else(|| "message".into()),
         );
         Self {
             seq,

@@ -15,6 +15,7 @@ pub mod selector;
 pub mod sse;
 pub mod subscription;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -33,6 +34,8 @@ pub struct Hub {
 struct HubInner {
     next_seq: u64,
     history: History,
+    /// Delivery counters by (source, type): few distinct pairs, many events.
+    counters: HashMap<(String, Option<String>), metrics::Counter>,
 }
 
 /// What a new subscriber gets: the events to replay, then the live receiver.
@@ -63,6 +66,7 @@ impl Hub {
             inner: Mutex::new(HubInner {
                 next_seq: 1,
                 history: History::new(history_size),
+                counters: HashMap::new(),
             }),
             sender,
         }
@@ -76,7 +80,13 @@ impl Hub {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let event = Arc::new(Event::new(seq, draft));
+        let key = (draft.source.clone(), draft.event_type.clone());
+        let counter = inner
+            .counters
+            .entry(key)
+            .or_insert_with(|| event::delivery_counter(&draft.source, draft.event_type.as_deref()))
+            .clone();
+        let event = Arc::new(Event::with_counter(seq, draft, counter));
         inner.history.push(event.clone());
         // No receiver is not an error: the event is still retained for later resumes.
         let _ = self.sender.send(event.clone());
