@@ -12,6 +12,8 @@
 //! - [`config`]: the TOML file and environment overrides;
 //! - [`server`] and [`telemetry`]: running it all.
 
+#![warn(missing_docs)]
+
 pub mod alerts;
 pub mod auth;
 pub mod bus;
