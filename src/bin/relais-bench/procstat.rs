@@ -150,3 +150,17 @@ pub fn terminate(pid: u32) {
         libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
 }
+
+/// Stops a child the tool started: SIGTERM, up to 10 s to exit, then SIGKILL.
+pub fn stop_child(child: &mut std::process::Child) {
+    unregister_child(child.id());
+    terminate(child.id());
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

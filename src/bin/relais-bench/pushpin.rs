@@ -244,16 +244,7 @@ impl PushpinTarget {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pids = crate::procstat::tree(child.id());
-            crate::procstat::unregister_child(child.id());
-            crate::procstat::terminate(child.id());
-            for _ in 0..100 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::procstat::stop_child(&mut child);
             // Services the runner may have left behind (ours only: its own children).
             for pid in pids.into_iter().skip(1) {
                 if crate::procstat::rss_bytes(pid).is_some() {

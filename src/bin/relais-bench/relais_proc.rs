@@ -187,16 +187,7 @@ impl RelaisTarget {
     /// Stops relais (SIGTERM, then SIGKILL after 10 s) if the benchmark started it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            crate::procstat::unregister_child(child.id());
-            crate::procstat::terminate(child.id());
-            for _ in 0..100 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::procstat::stop_child(&mut child);
         }
         if let Some(dir) = self.state_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
