@@ -200,18 +200,19 @@ impl Ingestor {
         keys.dedup();
         let event_type = entry.source.event_type();
         let private = entry.source.private();
-        let drafts_of = |plan: &Plan| -> Vec<EventDraft> {
-            plan.events
-                .iter()
+        // Moves each planned event into its draft: the payloads are not copied.
+        let drafts_of = |plan: &mut Plan| -> Vec<EventDraft> {
+            std::mem::take(&mut plan.events)
+                .into_iter()
                 .map(|e| {
-                    EventDraft::new(e.topics.clone(), e.data.clone())
+                    EventDraft::new(e.topics, e.data)
                         .with_type(event_type)
                         .private(private)
                         .with_source(name.as_str())
                 })
                 .collect()
         };
-        let plan = match &self.store {
+        let (plan, published) = match &self.store {
             StateStore::Memory(store) => {
                 // Two deliveries of one source never interleave their read-diff-write.
                 let _guard = entry.lock.lock().await;
@@ -222,13 +223,14 @@ impl Ingestor {
                     .filter_map(|(k, s)| s.map(|s| (k, s)))
                     .collect();
                 let mut plan = plan(&known);
-                if !plan.events.is_empty() {
-                    self.bus.publish(drafts_of(&plan)).await?;
+                let published = plan.events.len();
+                if published > 0 {
+                    self.bus.publish(drafts_of(&mut plan)).await?;
                 }
                 // Stored only once the events are on the bus: if the bus refused, the
                 // sender's retry finds the same states and produces the same events.
                 store.put_many(name, std::mem::take(&mut plan.store));
-                plan
+                (plan, published)
             }
             StateStore::Redis(store) => {
                 // No lock: deliveries run concurrently (on this instance as on others),
@@ -236,15 +238,17 @@ impl Ingestor {
                 let mut attempt = 0;
                 loop {
                     let snapshot = store.load(name, &keys).await?;
-                    let planned = plan(&snapshot.known);
-                    if planned.events.is_empty() && planned.store.is_empty() {
-                        break planned;
+                    let mut planned = plan(&snapshot.known);
+                    let published = planned.events.len();
+                    if published == 0 && planned.store.is_empty() {
+                        break (planned, 0);
                     }
+                    let drafts = drafts_of(&mut planned);
                     match store
-                        .commit(name, &snapshot.fence, drafts_of(&planned), &planned.store)
+                        .commit(name, &snapshot.fence, drafts, &planned.store)
                         .await?
                     {
-                        Fenced::Published(_) => break planned,
+                        Fenced::Published(_) => break (planned, published),
                         Fenced::Conflict if attempt < MAX_CONFLICT_RETRIES => {
                             // Another instance changed one of these records meanwhile.
                             attempt += 1;
@@ -260,7 +264,6 @@ impl Ingestor {
                 }
             }
         };
-        let published = plan.events.len();
         if published > 0 {
             metrics::counter!(
                 "relais_events_in_total",
