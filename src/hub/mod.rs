@@ -34,8 +34,9 @@ pub struct Hub {
 struct HubInner {
     next_seq: u64,
     history: History,
-    /// Delivery counters by (source, type): few distinct pairs, many events.
-    counters: HashMap<(String, Option<String>), metrics::Counter>,
+    /// Delivery counters by source, then type: few distinct pairs, many events, so a
+    /// lookup borrows the draft's strings and allocates nothing once a pair is known.
+    counters: HashMap<String, HashMap<Option<String>, metrics::Counter>>,
 }
 
 /// What a new subscriber gets: the events to replay, then the live receiver.
@@ -80,12 +81,23 @@ impl Hub {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let key = (draft.source.clone(), draft.event_type.clone());
-        let counter = inner
+        let known = inner
             .counters
-            .entry(key)
-            .or_insert_with(|| event::delivery_counter(&draft.source, draft.event_type.as_deref()))
-            .clone();
+            .get(&draft.source)
+            .and_then(|by_type| by_type.get(&draft.event_type))
+            .cloned();
+        let counter = match known {
+            Some(counter) => counter,
+            None => {
+                let counter = event::delivery_counter(&draft.source, draft.event_type.as_deref());
+                inner
+                    .counters
+                    .entry(draft.source.clone())
+                    .or_default()
+                    .insert(draft.event_type.clone(), counter.clone());
+                counter
+            }
+        };
         let event = Arc::new(Event::with_counter(seq, draft, counter));
         inner.history.push(event.clone());
         // No receiver is not an error: the event is still retained for later resumes.
