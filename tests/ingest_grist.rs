@@ -9,15 +9,21 @@ use common::{client, token, Relais, SseClient, ARRIVE, QUIET};
 use relais::hub::sse::ParsedEvent;
 use serde_json::{json, Value};
 
-const AUTH: &str = "Bearer test-token";
+const AUTH: &str = "Bearer test-token-0123456789abcdef0123456789";
 
 fn env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
         ("RELAIS_SOURCES__CEREMA__AUTHORIZATION", AUTH),
-        ("RELAIS_SOURCES__CEREMA__SECRET", "legacy-query-secret"),
+        (
+            "RELAIS_SOURCES__CEREMA__SECRET",
+            "legacy-query-secret-0123456789abcdef",
+        ),
         ("RELAIS_SOURCES__DIAGPV__KIND", "hub"),
-        ("RELAIS_SOURCES__DIAGPV__AUTHORIZATION", "Bearer hub-token"),
+        (
+            "RELAIS_SOURCES__DIAGPV__AUTHORIZATION",
+            "Bearer hub-token-0123456789abcdef0123456789ab",
+        ),
     ]
 }
 
@@ -346,7 +352,7 @@ async fn every_refusal_says_why_and_changes_nothing() {
         post(
             &relais,
             "/hooks/grist/diagpv",
-            Some("Bearer hub-token"),
+            Some("Bearer hub-token-0123456789abcdef0123456789ab"),
             good.clone()
         )
         .await
@@ -428,7 +434,7 @@ async fn older_grist_authenticates_with_the_secret_query_parameter() {
     let mut sub = subscriber(&relais, "interventions").await;
     let (status, body) = post(
         &relais,
-        "/hooks/grist/cerema?secret=legacy-query-secret",
+        "/hooks/grist/cerema?secret=legacy-query-secret-0123456789abcdef",
         None,
         json!([row(9, "Bloqué")]).to_string(),
     )
@@ -438,7 +444,7 @@ async fn older_grist_authenticates_with_the_secret_query_parameter() {
         data(&sub.next_event(ARRIVE).await.expect("event"))["status"],
         "Bloqué"
     );
-    assert!(!relais.logged("legacy-query-secret"));
+    assert!(!relais.logged("legacy-query-secret-0123456789abcdef"));
 }
 
 #[tokio::test]
@@ -450,7 +456,7 @@ async fn column_mapping_topics_and_type_come_from_the_configuration_file() {
         r#"
 [sources.chantiers]
 kind = "grist"
-authorization = "Bearer chantiers"
+authorization = "Bearer chantiers-0123456789abcdef0123456789ab"
 table = "Chantiers"
 topics = ["chantiers", "chantiers/{row_id}"]
 event_type = "chantier"
@@ -486,7 +492,7 @@ comment = ""
     let (status, body) = post(
         &relais,
         "/hooks/grist/chantiers",
-        Some("Bearer chantiers"),
+        Some("Bearer chantiers-0123456789abcdef0123456789ab"),
         json!([r]).to_string(),
     )
     .await;

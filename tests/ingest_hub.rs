@@ -11,7 +11,7 @@ use relais::hub::sse::ParsedEvent;
 use relais::ingest::signature::WebhookSecret;
 use serde_json::{json, Value};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET: &str = "whsec_cmVsYWlzLWluZ2VzdC1odWItdGVzdC1rZXktMzJieXQ=";
 const OTHER_SECRET: &str = "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ==";
 const AUDIT_A: &str = "a4e19950-c73c-412c-be4d-699c9de1dde1";
 const AUDIT_B: &str = "0b1c2d3e-0000-4000-8000-000000000002";
@@ -23,12 +23,12 @@ fn env() -> Vec<(&'static str, &'static str)> {
         ("RELAIS_SOURCES__HUBBEARER__KIND", "hub"),
         (
             "RELAIS_SOURCES__HUBBEARER__AUTHORIZATION",
-            "Bearer hub-token",
+            "Bearer hub-token-0123456789abcdef0123456789ab",
         ),
         ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
         (
             "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
-            "Bearer grist-token",
+            "Bearer grist-token-0123456789abcdef0123456789",
         ),
     ]
 }
@@ -221,7 +221,10 @@ async fn signatures_valid_invalid_expired_and_replayed() {
         post(
             &relais,
             url,
-            &[("authorization", "Bearer hub-token")],
+            &[(
+                "authorization",
+                "Bearer hub-token-0123456789abcdef0123456789ab"
+            )],
             json_type,
             &body
         )
@@ -361,7 +364,10 @@ async fn arrays_rfc3339_timestamps_and_bearer_sources() {
     let (status, answer) = post(
         &relais,
         url,
-        &[("authorization", "Bearer hub-token")],
+        &[(
+            "authorization",
+            "Bearer hub-token-0123456789abcdef0123456789ab",
+        )],
         "application/json",
         &body,
     )
@@ -439,7 +445,10 @@ async fn every_refusal_says_why_and_changes_nothing() {
     let (status, _) = post(
         &relais,
         "/hooks/hub/cerema",
-        &[("authorization", "Bearer grist-token")],
+        &[(
+            "authorization",
+            "Bearer grist-token-0123456789abcdef0123456789",
+        )],
         "application/json",
         &ok_body,
     )

@@ -365,7 +365,7 @@ async fn a_homeserver_that_is_down_delays_alerts_but_never_webhooks_publishes_or
             ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
             (
                 "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
-                "Bearer grist-hook-secret",
+                "Bearer grist-hook-secret-0123456789abcdef01234",
             ),
         ],
     );
@@ -476,7 +476,10 @@ fn grist_row(row: u64, priority: &str, status: &str) -> Value {
 async fn post_grist(relais: &Relais, rows: Value) {
     let response = common::client()
         .post(format!("{}/hooks/grist/cerema", relais.base))
-        .header("Authorization", "Bearer grist-hook-secret")
+        .header(
+            "Authorization",
+            "Bearer grist-hook-secret-0123456789abcdef01234",
+        )
         .json(&rows)
         .send()
         .await
@@ -496,7 +499,7 @@ async fn a_grist_row_turning_urgent_posts_one_notice_end_to_end() {
             ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
             (
                 "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
-                "Bearer grist-hook-secret",
+                "Bearer grist-hook-secret-0123456789abcdef01234",
             ),
         ],
     );

@@ -181,7 +181,7 @@ fn grist_env(redis: &RedisServer) -> Vec<(&'static str, String)> {
         ("RELAIS_SOURCES__CEREMA__KIND", "grist".into()),
         (
             "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
-            "Bearer grist".into(),
+            "Bearer grist-0123456789abcdef0123456789abcdef".into(),
         ),
     ]
 }
@@ -208,7 +208,10 @@ fn grist_batch(statut: &str) -> String {
 async fn post_grist(relais: &Relais, body: &str) -> u16 {
     client()
         .post(format!("{}/hooks/grist/cerema", relais.base))
-        .header("authorization", "Bearer grist")
+        .header(
+            "authorization",
+            "Bearer grist-0123456789abcdef0123456789abcdef",
+        )
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()

@@ -6,6 +6,7 @@
 
 mod duration;
 mod secret;
+pub mod secret_policy;
 
 pub use duration::parse_duration;
 pub use secret::Secret;
@@ -71,6 +72,29 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Reconnection delay announced to clients with `retry:`, in milliseconds.
     pub retry_ms: u64,
+    /// Time a new connection has to send its first complete request head.
+    #[serde(with = "duration::serde_human")]
+    pub head_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next request, whose head must be
+    /// complete within it.
+    #[serde(with = "duration::serde_human")]
+    pub keepalive_timeout: Duration,
+    /// Time a request body has to arrive whole, counted from its head (408 beyond).
+    #[serde(with = "duration::serde_human")]
+    pub body_timeout: Duration,
+    /// Largest request head, in bytes (431 beyond).
+    pub max_head_bytes: usize,
+    /// Open connections at most; beyond, new ones are refused (counted in
+    /// `relais_connections_refused_total`).
+    pub max_connections: usize,
+    /// Accept HTTP/2 (prior knowledge, h2c) besides HTTP/1.1.
+    pub http2: bool,
+    /// Origins a cookie-authenticated publish may come from (CSRF protection); empty:
+    /// publishes must carry their token in the `Authorization` header.
+    pub publish_origins: Vec<String>,
+    /// Standard Webhooks message IDs remembered to refuse a replayed message within the
+    /// tolerance window (the oldest is forgotten first).
+    pub webhook_id_cache: usize,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +106,14 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             heartbeat: Duration::from_secs(15),
             retry_ms: 2000,
+            head_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_head_bytes: 16 * 1024,
+            max_connections: 50_000,
+            http2: false,
+            publish_origins: Vec::new(),
+            webhook_id_cache: 100_000,
         }
     }
 }
@@ -114,6 +146,10 @@ pub struct JwtConfig {
     pub require_exp: bool,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Accepted `iss` values; empty: `iss` is not checked.
+    pub issuers: Vec<String>,
+    /// Required `aud` value; unset: `aud` is not checked.
+    pub audience: Option<String>,
 }
 
 impl Default for JwtConfig {
@@ -125,6 +161,8 @@ impl Default for JwtConfig {
             private_key: None,
             require_exp: false,
             leeway_secs: 0,
+            issuers: Vec::new(),
+            audience: None,
         }
     }
 }
@@ -144,6 +182,12 @@ pub struct HubConfig {
     /// remembers to compute `change`/`changed`/`previous` and absorb retries; the least
     /// recently used is forgotten first.
     pub record_state_capacity: usize,
+    /// Topic selectors per subscription at most (400 beyond).
+    pub max_selectors: usize,
+    /// Bytes per topic selector at most (400 beyond).
+    pub max_selector_bytes: usize,
+    /// Compiled URI templates kept for reuse (least recently used dropped first).
+    pub selector_cache_size: usize,
 }
 
 impl Default for HubConfig {
@@ -153,6 +197,9 @@ impl Default for HubConfig {
             history_size: 10_000,
             subscriber_backlog: 8192,
             record_state_capacity: crate::ingest::state::DEFAULT_CAPACITY,
+            max_selectors: 32,
+            max_selector_bytes: 1024,
+            selector_cache_size: 4096,
         }
     }
 }
@@ -368,6 +415,7 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes: must be greater than 0".into());
         }
+        self.validate_limits()?;
         if self.server.heartbeat.is_zero() {
             return invalid("server.heartbeat: must be greater than 0".into());
         }
@@ -383,10 +431,8 @@ impl Config {
         match self.jwt.algorithm {
             JwtAlgorithm::HS256 => {
                 if let Some(secret) = &self.jwt.secret {
-                    if secret.expose().len() < 16 {
-                        return invalid(
-                            "jwt.secret: an HS256 key must be at least 16 bytes long".into(),
-                        );
+                    if let Err(e) = secret_policy::check_text(secret.expose()) {
+                        return invalid(format!("jwt.secret: the HS256 key {e}"));
                     }
                 }
             }
@@ -419,11 +465,24 @@ impl Config {
             }
             if source.kind == SourceKind::Hub {
                 if let Some(secret) = &source.secret {
-                    if crate::ingest::signature::WebhookSecret::parse(secret.expose()).is_err() {
+                    let Ok(key) = crate::ingest::signature::WebhookSecret::parse(secret.expose())
+                    else {
                         return invalid(format!(
                             "sources.{name}.secret: a hub secret is a Standard Webhooks key: whsec_ followed by base64"
                         ));
+                    };
+                    if let Err(e) = secret_policy::check_webhook_key(secret.expose(), key.len()) {
+                        return invalid(format!("sources.{name}.secret: the decoded key {e}"));
                     }
+                }
+            } else if let Some(secret) = &source.secret {
+                if let Err(e) = secret_policy::check_text(secret.expose()) {
+                    return invalid(format!("sources.{name}.secret: the value {e}"));
+                }
+            }
+            if let Some(authorization) = &source.authorization {
+                if let Err(e) = secret_policy::check_authorization(authorization.expose()) {
+                    return invalid(format!("sources.{name}.authorization: the credential {e}"));
                 }
             }
         }
@@ -502,6 +561,56 @@ impl Config {
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                 return invalid("redis.url: must start with redis:// or rediss://".into());
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the connection, request and subscription limits.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.into()));
+        let s = &self.server;
+        if s.head_timeout.is_zero() {
+            return invalid("server.head_timeout: must be greater than 0");
+        }
+        if s.keepalive_timeout.is_zero() {
+            return invalid("server.keepalive_timeout: must be greater than 0");
+        }
+        if s.body_timeout.is_zero() {
+            return invalid("server.body_timeout: must be greater than 0");
+        }
+        if s.max_head_bytes < 1024 {
+            return invalid("server.max_head_bytes: must be at least 1024");
+        }
+        if s.max_connections == 0 {
+            return invalid("server.max_connections: must be at least 1");
+        }
+        if s.webhook_id_cache == 0 {
+            return invalid("server.webhook_id_cache: must be at least 1");
+        }
+        for origin in &s.publish_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "server.publish_origins: {origin:?} is not an origin such as https://app.example.org (scheme and host, no trailing slash)"
+                )));
+            }
+        }
+        let h = &self.hub;
+        if h.max_selectors == 0 {
+            return invalid("hub.max_selectors: must be at least 1");
+        }
+        if h.max_selector_bytes == 0 {
+            return invalid("hub.max_selector_bytes: must be at least 1");
+        }
+        if h.selector_cache_size == 0 {
+            return invalid("hub.selector_cache_size: must be at least 1");
+        }
+        if self.jwt.issuers.iter().any(|i| i.is_empty()) {
+            return invalid("jwt.issuers: an issuer cannot be empty");
+        }
+        if self.jwt.audience.as_deref() == Some("") {
+            return invalid("jwt.audience: cannot be empty (leave it unset to skip the check)");
         }
         Ok(())
     }

@@ -48,6 +48,16 @@ impl WebhookSecret {
         Ok(Self(key))
     }
 
+    /// Length of the decoded key, in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the key is empty (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `v1,<base64>` signature of a message (for senders and tests).
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
         format!("v1,{}", STANDARD.encode(self.mac(msg_id, timestamp, body)))

@@ -16,7 +16,7 @@ export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const ARTIFACTS = path.join(ROOT, 'tests/artifacts');
 export const SECRET = 'browser-test-secret-0123456789abcdef';
 /** The `Authorization` value of the Grist source `cerema` every test relais has. */
-export const GRIST_AUTHORIZATION = 'Bearer grist-browser-test';
+export const GRIST_AUTHORIZATION = 'Bearer grist-browser-test-0123456789abcdef0123';
 
 /** Widget tuning for tests: quick reconnection, long-lived toasts. */
 export const WIDGET_CONFIG = {

@@ -16,7 +16,7 @@ use relais::config::{Config, Secret};
 use crate::args::Args;
 
 /// Name of the bench's Grist source `Authorization` value prefix.
-const HOOK_AUTH: &str = "Bearer relais-bench-hook";
+const HOOK_AUTH: &str = "Bearer relais-bench-hook-0123456789abcdef012345";
 
 /// A relais to drive.
 pub struct RelaisTarget {
