@@ -43,6 +43,7 @@ pub enum ServeError {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::telemetry::init_metrics();
     let keys = KeyMaterial::load_or_create(&config)?;
+    crate::hub::selector::set_cache_size(config.hub.selector_cache_size);
     let auth = Arc::new(Authenticator::new(&keys, &config)?);
     let hub = Arc::new(Hub::new(
         config.hub.history_size,

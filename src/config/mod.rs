@@ -578,8 +578,8 @@ impl Config {
         if s.body_timeout.is_zero() {
             return invalid("server.body_timeout: must be greater than 0");
         }
-        if s.max_head_bytes < 1024 {
-            return invalid("server.max_head_bytes: must be at least 1024");
+        if s.max_head_bytes < 8192 {
+            return invalid("server.max_head_bytes: must be at least 8192");
         }
         if s.max_connections == 0 {
             return invalid("server.max_connections: must be at least 1");

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod hooks;
+pub mod limits;
 pub mod ops;
 pub mod publish;
 pub mod query;
@@ -69,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         .route("/widget/widget.css", get(widget::style))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::body_deadline,
+        ))
         .with_state(state);
     if let Some(cors) = cors {
         app = app.layer(cors);

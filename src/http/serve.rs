@@ -14,36 +14,48 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::subscribe::{prepare, stream_headers};
 use super::{AppState, MERCURE_PATH};
+use crate::config::ServerConfig;
 
-/// Largest request head read before handing the connection to hyper.
-const MAX_HEAD: usize = 16 * 1024;
 /// Most headers parsed on the lean path (more: hyper handles the request).
 const MAX_HEADERS: usize = 48;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time between two "connection limit reached" log lines.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What a connection over `server.max_connections` is told before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 30\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections, retry.\r\n";
+/// What a client whose request head exceeds `server.max_head_bytes` is told.
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 47\r\nconnection: close\r\n\r\nrequest head larger than server.max_head_bytes\n";
 
 /// Accepts connections until shutdown, then lets in-flight requests finish.
+///
+/// At most `server.max_connections` connections are open at once; beyond, a new
+/// connection is answered 503 and closed, counted in `relais_connections_refused_total`
+/// and logged (at most once every ten seconds).
 pub async fn run(listener: TcpListener, router: Router, app: AppState) {
     let tracker = TaskTracker::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = hyper_builder(&app.config.server);
+    let max = app.config.server.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let mut refusals = RefusalLog::default();
     loop {
         let stream = tokio::select! {
             _ = app.shutdown.cancelled() => break,
@@ -57,13 +69,19 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refusals.refuse(stream, max);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(connection(
-            stream,
-            router.clone(),
-            app.clone(),
-            builder.clone(),
-        ));
+        let open = metrics::gauge!("relais_connections_open");
+        open.increment(1.0);
+        let conn = connection(stream, router.clone(), app.clone(), builder.clone());
+        tracker.spawn(async move {
+            conn.await;
+            open.decrement(1.0);
+            drop(slot);
+        });
     }
     drop(listener);
     tracker.close();
@@ -75,6 +93,54 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
     }
 }
 
+/// hyper's connection settings: a timer (without one its timeouts never fire), the
+/// keep-alive wait bounding the next request head, the head size, HTTP/2 only if asked.
+fn hyper_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.keepalive_timeout)
+        .max_buf_size(server.max_head_bytes.max(8192));
+    if server.http2 {
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(server.keepalive_timeout)
+            .keep_alive_timeout(server.head_timeout)
+            .max_header_list_size(server.max_head_bytes as u32);
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// Counts connections refused at the cap and logs them without flooding the log.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refuse(&mut self, stream: TcpStream, max: usize) {
+        metrics::counter!("relais_connections_refused_total").increment(1);
+        // Best effort: the socket is fresh, so the answer fits its send buffer.
+        let _ = stream.try_write(REFUSED);
+        drop(stream);
+        self.unlogged += 1;
+        if self.last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            tracing::warn!(
+                refused = self.unlogged,
+                max_connections = max,
+                "connection limit reached: new connections are refused (server.max_connections)"
+            );
+            self.last = Some(Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
+
 /// One connection: the lean stream path when it applies, else hyper.
 async fn connection(
     mut stream: TcpStream,
@@ -82,14 +148,19 @@ async fn connection(
     app: AppState,
     builder: auto::Builder<TokioExecutor>,
 ) {
+    let server = &app.config.server;
     let mut head = BytesMut::with_capacity(1024);
-    let request =
-        match tokio::time::timeout(HEAD_TIMEOUT, read_subscribe_head(&mut stream, &mut head)).await
-        {
-            Ok(Ok(request)) => request,
-            // No complete head in time, or the client left: nothing to answer.
-            Ok(Err(_)) | Err(_) => return,
-        };
+    let read = read_subscribe_head(&mut stream, &mut head, server.max_head_bytes);
+    let request = match tokio::time::timeout(server.head_timeout, read).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) if e.get_ref().is_some_and(|e| e.is::<HeadTooLarge>()) => {
+            let _ = stream.write_all(HEAD_TOO_LARGE).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        // No complete head in time, or the client left: nothing to answer.
+        Ok(Err(_)) | Err(_) => return,
+    };
     if let Some(request) = request {
         // Refused requests fall through: hyper and the router answer them like any other.
         if let Ok(prepared) = prepare(app.clone(), &request.headers, request.query.as_deref()).await
@@ -106,7 +177,7 @@ async fn connection(
         inner: stream,
     });
     let service = TowerToHyperService::new(router);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -121,6 +192,11 @@ async fn connection(
     }
 }
 
+/// The request head grew past `server.max_head_bytes` without ending.
+#[derive(Debug, thiserror::Error)]
+#[error("the request head is larger than server.max_head_bytes")]
+struct HeadTooLarge;
+
 /// A subscribe request read by the lean path.
 struct SubscribeRequest {
     headers: HeaderMap,
@@ -132,6 +208,7 @@ struct SubscribeRequest {
 async fn read_subscribe_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
+    max_head: usize,
 ) -> io::Result<Option<SubscribeRequest>> {
     loop {
         if stream.read_buf(buf).await? == 0 {
@@ -141,7 +218,10 @@ async fn read_subscribe_head(
         let mut request = httparse::Request::new(&mut slots);
         match request.parse(buf) {
             Ok(httparse::Status::Complete(_)) => return Ok(subscribe_request(&request)),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) if buf.len() < max_head => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, HeadTooLarge))
+            }
             _ => return Ok(None),
         }
     }

@@ -75,17 +75,13 @@ pub async fn prepare(
     raw_query: Option<&str>,
 ) -> Result<Prepared, ApiError> {
     let query = QueryPairs::parse(raw_query);
-    let selectors = query
-        .all("topic")
-        .map(|t| Selector::parse(t).map_err(|e| ApiError::bad_request("topic", e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    if selectors.is_empty() {
-        return Err(ApiError::bad_request(
-            "topic",
-            "at least one `topic` query parameter (a topic, a URI template or *) is required",
-        ));
-    }
+    // Authentication first: nothing costly (selector compilation, history) is done for
+    // a request without a valid token.
     let identity = identify(&app.auth, headers, &query)?;
+    if identity.is_none() && !app.config.hub.allow_anonymous {
+        return Err(crate::auth::AuthError::Missing.into());
+    }
+    let selectors = parse_selectors(&app.config.hub, &query)?;
     let (claims, subject, expires_at) = match identity {
         Some(id) => {
             if let Some(denied) = selectors
@@ -144,6 +140,45 @@ pub async fn prepare(
         stream: Box::pin(stream),
         history_gap: gap,
     })
+}
+
+/// The request's `topic` selectors, within `hub.max_selectors` and
+/// `hub.max_selector_bytes` (checked before anything is compiled).
+fn parse_selectors(
+    limits: &crate::config::HubConfig,
+    query: &QueryPairs,
+) -> Result<Vec<Selector>, ApiError> {
+    let texts: Vec<&str> = query.all("topic").collect();
+    if texts.is_empty() {
+        return Err(ApiError::bad_request(
+            "topic",
+            "at least one `topic` query parameter (a topic, a URI template or *) is required",
+        ));
+    }
+    if texts.len() > limits.max_selectors {
+        return Err(ApiError::bad_request(
+            "topic",
+            format!(
+                "{} topic selectors given; at most {} per subscription (hub.max_selectors)",
+                texts.len(),
+                limits.max_selectors
+            ),
+        ));
+    }
+    if let Some(long) = texts.iter().find(|t| t.len() > limits.max_selector_bytes) {
+        return Err(ApiError::bad_request(
+            "topic",
+            format!(
+                "a topic selector of {} bytes; at most {} bytes each (hub.max_selector_bytes)",
+                long.len(),
+                limits.max_selector_bytes
+            ),
+        ));
+    }
+    texts
+        .into_iter()
+        .map(|t| Selector::parse(t).map_err(|e| ApiError::bad_request("topic", e.to_string())))
+        .collect()
 }
 
 /// Why a stream ended, for the session log line.

@@ -5,9 +5,10 @@
 //! percent-encoded on expansion); reserved `{+var}` and fragment `{#var}` expansions can
 //! hold anything; the other operators (`/ . ; ? &`) match their prefixed lists.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Mutex, OnceLock};
 
+use lru::LruCache;
 use regex::Regex;
 
 /// A compiled topic selector.
@@ -86,13 +87,33 @@ impl Selector {
     }
 }
 
+/// Default number of compiled templates kept (`hub.selector_cache_size`).
+pub const DEFAULT_CACHE_SIZE: usize = 4096;
+
 /// Compiled templates, shared: many subscribers ask for the same selectors, and a
-/// `Regex` clone is a reference count, not a recompilation.
+/// `Regex` clone is a reference count, not a recompilation. Bounded, least recently used
+/// first out, so a flood of new templates evicts only the coldest ones, never all.
+static CACHE: OnceLock<Mutex<LruCache<String, Regex>>> = OnceLock::new();
+
+fn cache() -> &'static Mutex<LruCache<String, Regex>> {
+    CACHE.get_or_init(|| Mutex::new(LruCache::new(capacity(DEFAULT_CACHE_SIZE))))
+}
+
+fn capacity(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Sets how many compiled templates are kept (`hub.selector_cache_size`); called once at
+/// start-up.
+pub fn set_cache_size(n: usize) {
+    cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .resize(capacity(n));
+}
+
 fn cached_template(text: &str) -> Result<Regex, SelectorError> {
-    const MAX_CACHED: usize = 4096;
-    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let found = cache
+    let found = cache()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(text)
@@ -101,11 +122,10 @@ fn cached_template(text: &str) -> Result<Regex, SelectorError> {
         return Ok(regex);
     }
     let regex = compile_template(text)?;
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if c.len() >= MAX_CACHED {
-        c.clear();
-    }
-    c.insert(text.to_string(), regex.clone());
+    cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .put(text.to_string(), regex.clone());
     Ok(regex)
 }
 
@@ -180,6 +200,26 @@ mod tests {
         assert!(Selector::parse("audits/{}").is_err());
         assert!(Selector::parse("audits/}x").is_err());
         assert_eq!(Selector::parse("").unwrap_err(), SelectorError::Empty);
+    }
+
+    #[test]
+    fn the_cache_keeps_recent_templates_when_full() {
+        // A flood of distinct templates must not wipe the whole cache: a template used
+        // between two floods stays compiled (the same `Regex`, not a recompilation).
+        set_cache_size(64);
+        let hot = "hot/{id}";
+        let first = cached_template(hot).unwrap();
+        for round in 0..4 {
+            for i in 0..48 {
+                cached_template(&format!("flood/{round}/{i}/{{x}}")).unwrap();
+            }
+            let again = cached_template(hot).unwrap();
+            assert_eq!(again.as_str(), first.as_str());
+        }
+        let len = cache().lock().unwrap().len();
+        assert!(len <= 64, "bounded: {len}");
+        assert!(cache().lock().unwrap().contains(hot));
+        set_cache_size(DEFAULT_CACHE_SIZE);
     }
 
     #[test]
