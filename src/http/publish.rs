@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 
-use super::auth::identify;
+use super::auth::{check_cookie_origin, identify_with_source, TokenSource};
 use super::error::ApiError;
 use super::query::QueryPairs;
 use super::AppState;
@@ -21,8 +21,11 @@ pub async fn publish(
 ) -> Result<impl IntoResponse, ApiError> {
     require_content_type(&headers, FORM)?;
     let no_query = QueryPairs::default();
-    let identity = identify(&app.auth, &headers, &no_query)?
+    let (identity, source) = identify_with_source(&app.auth, &headers, &no_query)?
         .ok_or_else(|| ApiError::from(crate::auth::AuthError::Missing))?;
+    if source == TokenSource::Cookie {
+        check_cookie_origin(&app.config.server.publish_origins, &headers)?;
+    }
     let draft = parse_form(&body)?;
     if let Some(topic) = draft
         .topics
