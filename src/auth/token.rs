@@ -76,6 +76,12 @@ pub enum AuthError {
     /// `jwt.require_exp` is set and the token has no `exp`.
     #[error("the token has no exp claim, and this relais requires one")]
     MissingExp,
+    /// `jwt.issuers` is set and the token's `iss` is missing or not listed.
+    #[error("the token's iss claim is missing or not one of jwt.issuers")]
+    WrongIssuer,
+    /// `jwt.audience` is set and the token's `aud` is missing or does not name it.
+    #[error("the token's aud claim is missing or does not name jwt.audience")]
+    WrongAudience,
     /// Not a JWT, or its claims are not of the expected shape.
     #[error("the token is malformed: {0}")]
     Malformed(String),
@@ -123,14 +129,22 @@ impl Authenticator {
             }
         };
         let mut validation = Validation::new(jwt_algorithm(keys.algorithm));
-        validation.required_spec_claims = if config.jwt.require_exp {
-            HashSet::from(["exp".to_string()])
-        } else {
-            HashSet::new()
-        };
+        validation.required_spec_claims = HashSet::new();
+        if config.jwt.require_exp {
+            validation.required_spec_claims.insert("exp".into());
+        }
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
+        if !config.jwt.issuers.is_empty() {
+            validation.set_issuer(&config.jwt.issuers);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if let Some(audience) = &config.jwt.audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            validation.required_spec_claims.insert("aud".into());
+        }
         validation.leeway = config.jwt.leeway_secs;
         Ok(Self {
             algorithm: keys.algorithm,
@@ -157,7 +171,7 @@ impl Authenticator {
             subject: claims.sub,
             subscribe: compile(&claims.mercure.subscribe, "subscribe")?,
             publish: compile(&claims.mercure.publish, "publish")?,
-            expires_at: claims.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e)),
+            expires_at: claims.exp.and_then(expiry_time),
         })
     }
 
@@ -170,6 +184,10 @@ impl Authenticator {
                 AuthError::WrongAlgorithm(algorithm_name(self.algorithm))
             }
             ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::WrongIssuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::WrongAudience,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
             ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
                 // A header naming an unknown algorithm ("none") fails as JSON.
                 if header_names_other_algorithm(&e) {
@@ -181,6 +199,18 @@ impl Authenticator {
             _ => AuthError::Malformed(e.to_string()),
         }
     }
+}
+
+/// Latest `exp` taken as a deadline (the end of year 9999); a later one (up to
+/// `u64::MAX`, which `SystemTime` cannot even hold) means the token never expires.
+const LATEST_EXP: u64 = 253_402_300_799;
+
+/// When a token with this `exp` stops being valid, computed without overflow.
+fn expiry_time(exp: u64) -> Option<SystemTime> {
+    if exp > LATEST_EXP {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 fn header_names_other_algorithm(e: &jsonwebtoken::errors::Error) -> bool {
@@ -270,6 +300,75 @@ mod tests {
     fn b64(s: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn an_exp_beyond_what_time_can_hold_does_not_panic() {
+        let (auth, minter) = setup();
+        for exp in [
+            i64::MAX as u64 + 1,
+            u64::MAX,
+            i64::MAX as u64,
+            LATEST_EXP + 1,
+        ] {
+            let mut claims =
+                TokenMinter::claims_for("a", vec!["*".into()], vec![], Duration::from_secs(60));
+            claims.exp = Some(exp);
+            let id = auth.verify(&minter.mint(&claims).unwrap()).unwrap();
+            assert_eq!(id.expires_at, None, "exp {exp}");
+        }
+        assert!(expiry_time(LATEST_EXP).is_some());
+    }
+
+    #[test]
+    fn issuers_and_audience_are_checked_when_configured() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let mut config = Config::default();
+        config.jwt.secret = Some(Secret::new(secret));
+        config.jwt.issuers = vec!["https://idp.example".into(), "relais".into()];
+        config.jwt.audience = Some("https://relais.example".into());
+        let keys = KeyMaterial::load_or_create(&config).unwrap();
+        let auth = Authenticator::new(&keys, &config).unwrap();
+        let sign = |payload: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &payload,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let ok = sign(
+            serde_json::json!({"iss": "relais", "aud": "https://relais.example", "mercure": {"subscribe": ["*"]}}),
+        );
+        auth.verify(&ok).unwrap();
+        let list = sign(
+            serde_json::json!({"iss": "https://idp.example", "aud": ["x", "https://relais.example"]}),
+        );
+        auth.verify(&list).unwrap();
+        for (payload, err) in [
+            (
+                serde_json::json!({"aud": "https://relais.example"}),
+                AuthError::WrongIssuer,
+            ),
+            (
+                serde_json::json!({"iss": "evil", "aud": "https://relais.example"}),
+                AuthError::WrongIssuer,
+            ),
+            (
+                serde_json::json!({"iss": "relais"}),
+                AuthError::WrongAudience,
+            ),
+            (
+                serde_json::json!({"iss": "relais", "aud": "other"}),
+                AuthError::WrongAudience,
+            ),
+        ] {
+            assert_eq!(
+                auth.verify(&sign(payload.clone())).unwrap_err(),
+                err,
+                "{payload}"
+            );
+        }
     }
 
     #[test]
