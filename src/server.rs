@@ -80,6 +80,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // history, so past events raise no alert), beside ingestion and streaming.
     let _alerts = crate::alerts::start(&config.matrix, &hub, &bus, shutdown.clone()).await?;
 
+    let webhook_ids = Arc::new(crate::ingest::replay::SeenWebhooks::new(
+        config.server.webhook_id_cache,
+    ));
     let state = AppState {
         config: Arc::new(config),
         hub,
@@ -88,6 +91,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown: shutdown.clone(),
         metrics,
         ingest,
+        webhook_ids,
     };
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let app = router(state.clone());

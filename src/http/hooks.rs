@@ -167,9 +167,20 @@ async fn receive(
             }
         }
     })?;
-    match kind {
-        SourceKind::Grist => check_grist_credentials(config, headers, query.as_deref())?,
-        SourceKind::Hub => check_hub_credentials(config, headers, &body, unix_now())?,
+    let now = unix_now();
+    let signed = match kind {
+        SourceKind::Grist => {
+            check_grist_credentials(config, headers, query.as_deref())?;
+            None
+        }
+        SourceKind::Hub => check_hub_credentials(config, headers, &body, now)?,
+    };
+    if let Some((id, _)) = &signed {
+        if app.webhook_ids.seen(name, id, now) {
+            return Err(ApiError::Conflict(format!(
+                "webhook-id {id:?} was already received (a replay); nothing changed"
+            )));
+        }
     }
     let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
         field: None,
@@ -197,6 +208,10 @@ async fn receive(
         IngestError::UnknownSource => ApiError::NotFound(format!("no source named {name:?}")),
     })?;
     outcome.summary = Some(summary);
+    if let Some((id, timestamp)) = &signed {
+        // Only once stored: a message refused with 503 must be deliverable again.
+        app.webhook_ids.remember(name, id, *timestamp);
+    }
     Ok(summary)
 }
 
@@ -259,12 +274,14 @@ fn check_grist_credentials(
 /// Hub: a Standard Webhooks signature when `secret` is set (and the request carries
 /// `webhook-*` headers, or no `authorization` is configured), else the exact
 /// `Authorization` value.
+///
+/// Returns the message's `webhook-id` and timestamp when it was verified by signature.
 fn check_hub_credentials(
     config: &SourceConfig,
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<Option<(String, i64)>, ApiError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signed = ["webhook-id", "webhook-timestamp", "webhook-signature"]
         .iter()
@@ -273,19 +290,21 @@ fn check_hub_credentials(
         if signed || config.authorization.is_none() {
             let key = WebhookSecret::parse(secret.expose())
                 .map_err(|_| ApiError::Unavailable("the source's secret is not usable".into()))?;
-            return key
+            let id = get("webhook-id");
+            let timestamp = key
                 .verify(
-                    get("webhook-id"),
+                    id,
                     get("webhook-timestamp"),
                     get("webhook-signature"),
                     body,
                     now,
                 )
-                .map_err(|e| ApiError::Unauthorized(format!("webhook signature refused: {e}")));
+                .map_err(|e| ApiError::Unauthorized(format!("webhook signature refused: {e}")))?;
+            return Ok(id.map(|id| (id.to_string(), timestamp)));
         }
     }
     match authorization_matches(config, headers) {
-        Some(true) => Ok(()),
+        Some(true) => Ok(None),
         Some(false) => Err(ApiError::Unauthorized(
             "the Authorization header does not match this source".into(),
         )),

@@ -45,6 +45,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Webhook sources, record state and the path to the bus.
     pub ingest: Arc<Ingestor>,
+    /// Standard Webhooks message IDs accepted recently (replays are refused).
+    pub webhook_ids: Arc<crate::ingest::replay::SeenWebhooks>,
 }
 
 /// The Mercure hub path.

@@ -7,6 +7,7 @@
 //! - [`record`]: stored record state and the add/update diff;
 //! - [`topics`]: per-source topic templates;
 //! - [`signature`]: Standard Webhooks verification;
+//! - [`replay`]: recently accepted Standard Webhooks message IDs (replays refused);
 //! - [`error`]: payload errors naming the row and field.
 //!
 //! [`state`] keeps the last known state of each record (bounded, in memory) and
@@ -18,6 +19,7 @@ pub mod error;
 pub mod grist;
 pub mod pipeline;
 pub mod record;
+pub mod replay;
 pub mod signature;
 pub mod state;
 pub mod topics;

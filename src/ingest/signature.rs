@@ -75,7 +75,8 @@ impl WebhookSecret {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// Verifies the three headers against the body at time `now` (Unix seconds).
+    /// Verifies the three headers against the body at time `now` (Unix seconds);
+    /// returns the message's timestamp.
     pub fn verify(
         &self,
         msg_id: Option<&str>,
@@ -83,7 +84,7 @@ impl WebhookSecret {
         signatures: Option<&str>,
         body: &[u8],
         now: i64,
-    ) -> Result<(), SignatureError> {
+    ) -> Result<i64, SignatureError> {
         let msg_id = msg_id.ok_or(SignatureError::MissingHeader("webhook-id"))?;
         let timestamp = timestamp.ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
         let signatures = signatures.ok_or(SignatureError::MissingHeader("webhook-signature"))?;
@@ -91,7 +92,11 @@ impl WebhookSecret {
             .trim()
             .parse()
             .map_err(|_| SignatureError::BadTimestamp)?;
-        if (now - ts).abs() > TOLERANCE_SECS {
+        // Checked: a timestamp near i64::MIN or i64::MAX must not wrap into the window.
+        let within = now
+            .checked_sub(ts)
+            .is_some_and(|d| d.unsigned_abs() <= TOLERANCE_SECS.unsigned_abs());
+        if !within {
             return Err(SignatureError::OutsideTolerance);
         }
         let expected = self.mac(msg_id, ts, body);
@@ -101,7 +106,7 @@ impl WebhookSecret {
             .filter_map(|s| STANDARD.decode(s).ok())
             .any(|sig| sig.ct_eq(&expected).into());
         if matched {
-            Ok(())
+            Ok(ts)
         } else {
             Err(SignatureError::Mismatch)
         }
@@ -124,9 +129,10 @@ mod tests {
         let secret = WebhookSecret::parse(SECRET).unwrap();
         assert_eq!(secret.sign(ID, TS, BODY), SIG);
         let sigs = format!("v1,bm90IGl0 {SIG}");
-        secret
-            .verify(Some(ID), Some(&TS.to_string()), Some(&sigs), BODY, TS + 10)
-            .unwrap();
+        assert_eq!(
+            secret.verify(Some(ID), Some(&TS.to_string()), Some(&sigs), BODY, TS + 10),
+            Ok(TS)
+        );
     }
 
     #[test]
@@ -151,5 +157,29 @@ mod tests {
             Err(SignatureError::BadTimestamp)
         );
         assert!(WebhookSecret::parse("whsec_!!!").is_err());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_outside_the_window_without_overflow() {
+        let secret = WebhookSecret::parse(SECRET).unwrap();
+        for (ts, now) in [
+            (i64::MIN, TS),
+            (i64::MAX, TS),
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, -1),
+        ] {
+            let sig = secret.sign(ID, ts, BODY);
+            assert_eq!(
+                secret.verify(Some(ID), Some(&ts.to_string()), Some(&sig), BODY, now),
+                Err(SignatureError::OutsideTolerance),
+                "ts {ts} now {now}"
+            );
+        }
+        let sig = secret.sign(ID, TS, BODY);
+        assert_eq!(
+            secret.verify(Some(ID), Some(&TS.to_string()), Some(&sig), BODY, TS - 300),
+            Ok(TS)
+        );
     }
 }
