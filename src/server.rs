@@ -44,6 +44,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::telemetry::init_metrics();
     let keys = KeyMaterial::load_or_create(&config)?;
     crate::hub::selector::set_cache_size(config.hub.selector_cache_size);
+    crate::hub::event::set_known_types(
+        config
+            .sources
+            .values()
+            .filter_map(|s| s.event_type.as_deref()),
+    );
     let auth = Arc::new(Authenticator::new(&keys, &config)?);
     let hub = Arc::new(Hub::new(
         config.hub.history_size,

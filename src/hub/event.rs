@@ -71,12 +71,43 @@ pub fn generate_id() -> String {
     format!("urn:uuid:{}", uuid::Uuid::now_v7())
 }
 
+/// Event types that get their own metric series: the types relais produces itself and
+/// those of the configured sources. Any other `type` (a publisher chooses it freely) is
+/// counted as `other`, so metric series stay bounded.
+static KNOWN_TYPES: std::sync::OnceLock<std::collections::HashSet<String>> =
+    std::sync::OnceLock::new();
+
+/// The types relais always knows.
+const BUILTIN_TYPES: &[&str] = &["message", "intervention", "module"];
+
+/// Declares the configured sources' event types (once, at start-up).
+pub fn set_known_types<'a>(types: impl IntoIterator<Item = &'a str>) {
+    let mut set: std::collections::HashSet<String> =
+        BUILTIN_TYPES.iter().map(|t| t.to_string()).collect();
+    set.extend(types.into_iter().map(str::to_string));
+    let _ = KNOWN_TYPES.set(set);
+}
+
+/// The `type` label of an event type: itself when known, else `other`.
+pub fn type_label(event_type: Option<&str>) -> &str {
+    let t = event_type.unwrap_or("message");
+    let known = match KNOWN_TYPES.get() {
+        Some(set) => set.contains(t),
+        None => BUILTIN_TYPES.contains(&t),
+    };
+    if known {
+        t
+    } else {
+        "other"
+    }
+}
+
 /// The `relais_events_out_total` counter of a source and event type.
 pub fn delivery_counter(source: &str, event_type: Option<&str>) -> metrics::Counter {
     metrics::counter!(
         "relais_events_out_total",
         "source" => source.to_string(),
-        "type" => event_type.unwrap_or("message").to_string(),
+        "type" => type_label(event_type).to_string(),
     )
 }
 
