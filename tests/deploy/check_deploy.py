@@ -400,6 +400,14 @@ def check_kubernetes() -> None:
         if not any(matches(pdb["spec"]["selector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"]) for w in workloads):
             problem("deploy/kubernetes", f"PodDisruptionBudget {pdb['metadata']['name']} selects nothing")
 
+    # The Ingress routes only public paths: never /metrics (nor a catch-all prefix).
+    for ing in by_kind.get("Ingress", []):
+        for rule in ing["spec"].get("rules", []):
+            for p in (rule.get("http") or {}).get("paths", []):
+                path = p.get("path", "/")
+                if path in ("/", "") or path.startswith("/metrics") or p.get("pathType") == "ImplementationSpecific":
+                    problem("deploy/kubernetes", f"Ingress {ing['metadata']['name']}: path {path!r} would expose /metrics")
+
     secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
     for name, s in secrets.items():
         for key, value in (s.get("stringData") or {}).items():

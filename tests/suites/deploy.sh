@@ -80,7 +80,7 @@ wait_for() {
 render_nginx() {
   local dir=$1 port=${2:-}
   mkdir -p "$dir"
-  cp deploy/nginx/nginx.conf deploy/nginx/relais.conf "$dir/"
+  cp deploy/nginx/nginx.conf deploy/nginx/relais.conf deploy/nginx/relais-log.conf "$dir/"
   if [ -n "$port" ]; then
     sed -E "s/^([[:space:]]*server[[:space:]]+)[^[:space:];]+:[0-9]+/\\1127.0.0.1:$port/" \
       deploy/nginx/relais-upstream.conf >"$dir/relais-upstream.conf"
@@ -156,6 +156,21 @@ nginx_live_sse() {
   code=$(curl -sS -o /dev/null -w '%{http_code}' "$base/metrics")
   [ "$code" = 403 ] || { echo "/metrics through nginx: HTTP $code, expected 403"; return 1; }
   echo "1.1 MB body: 413 from nginx; /metrics: 403"
+
+  # Credentials in query strings (and in the Referer) never reach the access log.
+  curl -sS -o /dev/null --max-time 2 "$base/.well-known/mercure?topic=a&authorization=LEAKED-Q1" || true
+  curl -sS -o /dev/null -e "$base/widget/?token=LEAKED-Q4" "$base/widget/?token=LEAKED-Q2"
+  curl -sS -o /dev/null -H 'Content-Type: application/json' -d '[]' \
+    "$base/hooks/grist/any?secret=LEAKED-Q3"
+  sleep 0.3
+  grep -q 'GET /widget/?\[redacted\]' "$WORK/nginx.log" ||
+    { echo "no redacted widget line in the access log:"; cat "$WORK/nginx.log"; return 1; }
+  if grep -q 'LEAKED-Q' "$WORK/nginx.log"; then
+    echo "a credential reached nginx's access log:"
+    grep 'LEAKED-Q' "$WORK/nginx.log"
+    return 1
+  fi
+  echo "access log: query strings redacted"
 
   # compose.yaml's nginx healthcheck command, run against this nginx.
   "$VENV/bin/python" - "$NGINX_PORT" <<'PY' || return 1
