@@ -945,7 +945,15 @@ export class Dashboard {
     document.body.dataset.mode = 'standalone';
     const params = new URLSearchParams(window.location.search);
     let token = params.get('token') || '';
-    if (!token) {
+    if (token) {
+      // Out of the address bar (and of the history, bookmarks and screen shares): kept
+      // for this tab only, like a token typed in the settings.
+      try { sessionStorage.setItem('relais.widget.token', token); } catch { /* storage off */ }
+      params.delete('token');
+      const rest = params.toString();
+      const url = window.location.pathname + (rest ? `?${rest}` : '') + window.location.hash;
+      try { window.history.replaceState(window.history.state, '', url); } catch { /* sandboxed */ }
+    } else {
       try { token = sessionStorage.getItem('relais.widget.token') || ''; } catch { /* storage off */ }
     }
     this.makeStream(window.location.origin, token, 'earliest');

@@ -5,11 +5,18 @@
 //! connections only from relais itself (the page's own origin), plus the Grist plugin API
 //! script from `docs.getgrist.com`, which the page loads only when it runs framed inside
 //! Grist. No inline script or style is allowed, so a record that smuggled markup into the
-//! page still could not run anything. `Referrer-Policy: no-referrer` keeps the `?token=`
-//! of the page URL from leaking to other sites.
+//! page still could not run anything. `frame-ancestors` lets only relais itself and the
+//! origins of `server.cors_origins` (the Grist hosts) frame the page: any other page that
+//! framed it would be taken for Grist and receive the token typed in the settings.
+//! `Referrer-Policy: no-referrer` keeps a `?token=` of the page URL from leaking to other
+//! sites; the page also removes it from the address bar, and the `/widget` redirect does
+//! not copy it.
 
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
+
+use super::AppState;
 
 /// The dashboard page.
 const INDEX_HTML: &str = include_str!("../../widget/index.html");
@@ -28,18 +35,51 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
      form-action 'self'; \
      object-src 'none'";
 
+/// Query parameters that carry credentials: never copied into a redirect.
+const CREDENTIAL_PARAMS: &[&str] = &["token", "authorization", "access_token"];
+
 /// `GET /widget`: redirects to `/widget/` so the page's relative URLs resolve, keeping
-/// the query string (the `?token=`).
+/// the query string except its credentials (a `?token=` would otherwise be copied into
+/// one more URL, and one more history entry).
 pub async fn redirect(uri: axum::http::Uri) -> Redirect {
-    match uri.query() {
-        Some(q) => Redirect::permanent(&format!("/widget/?{q}")),
-        None => Redirect::permanent("/widget/"),
+    let kept: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| !CREDENTIAL_PARAMS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        return Redirect::permanent("/widget/");
     }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
+    Redirect::permanent(&format!("/widget/?{query}"))
+}
+
+/// The page's policy: [`CONTENT_SECURITY_POLICY`] and who may frame it.
+pub fn page_policy(frame_origins: &[String]) -> String {
+    let mut policy = format!("{CONTENT_SECURITY_POLICY}; frame-ancestors 'self'");
+    for origin in frame_origins {
+        // Validated origins (scheme://host[:port]); anything else is left out.
+        if origin
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":/.-[]".contains(c))
+        {
+            policy.push(' ');
+            policy.push_str(origin);
+        }
+    }
+    policy
 }
 
 /// `GET /widget/`: the page.
-pub async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+pub async fn index(State(app): State<AppState>) -> Response {
+    let mut response = asset("text/html; charset=utf-8", INDEX_HTML);
+    if let Ok(value) = HeaderValue::from_str(&page_policy(&app.config.server.cors_origins)) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    response
 }
 
 /// `GET /widget/widget.js`: the script.
@@ -93,10 +133,20 @@ mod tests {
         assert!(HeaderValue::from_str(CONTENT_SECURITY_POLICY).is_ok());
     }
 
+    #[test]
+    fn the_page_may_be_framed_only_by_itself_and_the_cors_origins() {
+        let policy = page_policy(&["https://docs.getgrist.com".into()]);
+        assert!(
+            policy.ends_with("; frame-ancestors 'self' https://docs.getgrist.com"),
+            "{policy}"
+        );
+        assert!(page_policy(&[]).ends_with("; frame-ancestors 'self'"));
+        assert!(!page_policy(&["https://a; script-src *".into()]).contains("script-src *"));
+    }
+
     #[tokio::test]
     async fn assets_have_their_content_types_and_policy() {
         for (resp, ct) in [
-            (index().await, "text/html; charset=utf-8"),
             (script().await, "text/javascript; charset=utf-8"),
             (style().await, "text/css; charset=utf-8"),
         ] {
@@ -109,10 +159,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bare_path_redirects_and_keeps_the_query() {
-        let resp = redirect("/widget?token=abc".parse().unwrap())
-            .await
-            .into_response();
-        assert_eq!(resp.headers()[header::LOCATION], "/widget/?token=abc");
+    async fn bare_path_redirects_without_copying_credentials() {
+        let location = |uri: &'static str| async move {
+            let resp = redirect(uri.parse().unwrap()).await.into_response();
+            resp.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(location("/widget?token=abc").await, "/widget/");
+        assert_eq!(
+            location("/widget?standalone&token=abc&authorization=x").await,
+            "/widget/?standalone="
+        );
+        assert_eq!(location("/widget?grist=1").await, "/widget/?grist=1");
+        assert_eq!(location("/widget").await, "/widget/");
     }
 }

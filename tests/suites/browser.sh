@@ -21,4 +21,4 @@ mkdir -p tests/artifacts
 cd tests/browser
 # One file at a time: the machine has two cores shared with the relais processes.
 exec node --test --test-concurrency=1 --test-timeout=120000 \
-  standalone.test.js resilience.test.js grist.test.js webhook.test.js
+  standalone.test.js resilience.test.js grist.test.js webhook.test.js framing.test.js
