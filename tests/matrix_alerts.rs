@@ -138,6 +138,8 @@ async fn an_urgent_intervention_posts_exactly_one_notice_and_updates_while_urgen
         notice.formatted_body.as_deref(),
         Some("<strong>🚨 Intervention urgente #12</strong> — Avenue de la République (Marie Durand) : <em>En cours</em>")
     );
+    // Record text never pings the room: the notice mentions no one.
+    assert_eq!(notice.mentions, Some(json!({})));
 
     // Updates while it stays urgent raise nothing.
     publish_intervention(

@@ -185,13 +185,16 @@ pub fn send_base(homeserver: &str, room_id: &str) -> String {
     )
 }
 
-/// The JSON content of a notice.
+/// The JSON content of a notice. `"m.mentions": {}` says it mentions no one: clients
+/// then ignore the text when deciding whom to notify, so a record's comment holding
+/// "@room" or a user ID pings nobody.
 pub fn notice_body(message: &Message) -> Value {
     json!({
         "msgtype": "m.notice",
         "body": message.body,
         "format": "org.matrix.custom.html",
         "formatted_body": message.formatted_body,
+        "m.mentions": {},
     })
 }
 
@@ -314,6 +317,7 @@ mod tests {
         assert_eq!(body["format"], "org.matrix.custom.html");
         assert_eq!(body["body"], "a < b");
         assert_eq!(body["formatted_body"], "a &lt; b");
+        assert_eq!(body["m.mentions"], json!({}), "mentions no one");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Notice {
     pub format: Option<String>,
     /// HTML.
     pub formatted_body: Option<String>,
+    /// `m.mentions` (who the notice intends to ping), as sent.
+    pub mentions: Option<Value>,
 }
 
 static SYNAPSE: OnceCell<Synapse> = OnceCell::const_new();
@@ -242,6 +244,7 @@ impl Synapse {
                     body: c["body"].as_str().unwrap_or_default().to_string(),
                     format: c["format"].as_str().map(str::to_string),
                     formatted_body: c["formatted_body"].as_str().map(str::to_string),
+                    mentions: c.get("m.mentions").cloned(),
                 }
             })
             .collect();
