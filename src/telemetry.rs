@@ -1,6 +1,7 @@
 //! Logs (`tracing`, text or JSON) and the Prometheus metrics recorder.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -16,8 +17,41 @@ pub fn init_logging(config: &LogConfig) {
     // A second initialisation (tests) is harmless: keep the first.
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Values can hold client input (topic selectors, error details): control
+        // characters are escaped so a `\n` in a topic cannot forge a log line.
+        LogFormat::Text => builder
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                    let raw = format!("{value:?}");
+                    let text = escape_control(&raw);
+                    if field.name() == "message" {
+                        write!(w, "{text}")
+                    } else {
+                        write!(w, "{field}={text}")
+                    }
+                })
+                .delimited(" "),
+            )
+            .try_init(),
     };
+}
+
+/// `text` with its control characters written as escapes (`\n`, `\r`, `\t`, `\u{1b}`).
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Installs the global Prometheus recorder; returns the handle `/metrics` renders.
@@ -62,4 +96,18 @@ fn describe() {
         Unit::Seconds,
         "Time from commit to the write of a subscriber's batch (oldest event of the batch)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_control;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_control("a/b c"), "a/b c");
+        assert_eq!(
+            escape_control("t\n2026 INFO forged\r\x1b[31m"),
+            "t\\n2026 INFO forged\\r\\u{1b}[31m"
+        );
+    }
 }
