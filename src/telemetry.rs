@@ -81,7 +81,15 @@ fn describe() {
     );
     describe_counter!(
         "relais_events_out_total",
-        "Event deliveries to subscribers, by source and type"
+        "Event deliveries to subscribers, by source and type (types relais does not know: other)"
+    );
+    describe_gauge!(
+        "relais_connections_open",
+        "TCP connections currently open (at most server.max_connections)"
+    );
+    describe_counter!(
+        "relais_connections_refused_total",
+        "Connections refused because server.max_connections were open"
     );
     describe_counter!(
         "relais_webhook_requests_total",

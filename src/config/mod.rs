@@ -606,6 +606,9 @@ impl Config {
         if h.selector_cache_size == 0 {
             return invalid("hub.selector_cache_size: must be at least 1");
         }
+        if self.jwt.leeway_secs > 3600 {
+            return invalid("jwt.leeway_secs: at most 3600 (one hour of clock skew)");
+        }
         if self.jwt.issuers.iter().any(|i| i.is_empty()) {
             return invalid("jwt.issuers: an issuer cannot be empty");
         }
@@ -721,6 +724,10 @@ mod tests {
         assert_eq!(c.server.heartbeat, Duration::from_secs(15));
         assert_eq!(c.server.retry_ms, 2000);
         assert_eq!(c.server.max_body_bytes, 1 << 20);
+        assert_eq!(c.hub.max_selectors, 32);
+        assert_eq!(c.hub.max_selector_bytes, 1024);
+        assert!(!c.server.http2);
+        assert!(c.server.publish_origins.is_empty());
         assert!(c.redis.url.is_none());
     }
 
@@ -730,6 +737,33 @@ mod tests {
         c.server.cors_origins = vec!["*".into()];
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("server.cors_origins"), "{err}");
+    }
+
+    #[test]
+    fn limits_must_be_usable() {
+        for (set, key) in [
+            (
+                (|c: &mut Config| c.server.max_connections = 0) as fn(&mut Config),
+                "server.max_connections",
+            ),
+            (
+                |c| c.server.head_timeout = Duration::ZERO,
+                "server.head_timeout",
+            ),
+            (|c| c.server.max_head_bytes = 100, "server.max_head_bytes"),
+            (|c| c.hub.max_selectors = 0, "hub.max_selectors"),
+            (|c| c.jwt.leeway_secs = u64::MAX, "jwt.leeway_secs"),
+            (
+                |c| c.server.publish_origins = vec!["evil.example".into()],
+                "server.publish_origins",
+            ),
+            (|c| c.jwt.audience = Some(String::new()), "jwt.audience"),
+        ] {
+            let mut c = Config::default();
+            set(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]
