@@ -139,6 +139,17 @@ async fn http2_is_off_unless_configured() {
         .unwrap()
         .unwrap();
     assert_eq!(frame[3], 0x4, "a SETTINGS frame: {frame:?}");
+
+    // A silent HTTP/2 client (its pings unanswered) is closed too.
+    let relais = Relais::start(&[
+        ("RELAIS_SERVER__HTTP2", "true"),
+        ("RELAIS_SERVER__KEEPALIVE_TIMEOUT", "1s"),
+        ("RELAIS_SERVER__HEAD_TIMEOUT", "1s"),
+    ]);
+    let mut s = TcpStream::connect(addr(&relais)).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
+    assert!(closed, "a silent HTTP/2 connection was kept open");
 }
 
 #[tokio::test]
