@@ -147,7 +147,9 @@ async fn http2_is_off_unless_configured() {
         ("RELAIS_SERVER__HEAD_TIMEOUT", "1s"),
     ]);
     let mut s = TcpStream::connect(addr(&relais)).await.unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
     assert!(closed, "a silent HTTP/2 connection was kept open");
 }
