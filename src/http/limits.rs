@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::error::ApiError;
@@ -32,18 +32,29 @@ pub async fn body_deadline(State(app): State<AppState>, request: Request, next: 
     let (parts, body) = request.into_parts();
     let read = async {
         let mut data = body.into_data_stream();
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max as u64) as usize);
+        // A body that arrives in one chunk is passed on as is, without a copy.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest {
                 field: None,
                 message: format!("could not read the request body: {e}"),
             })?;
-            if buf.len() + chunk.len() > max {
+            let so_far = first.as_ref().map_or(0, Bytes::len) + joined.len();
+            if so_far + chunk.len() > max {
                 return Err(ApiError::PayloadTooLarge(max));
             }
-            buf.extend_from_slice(&chunk);
+            match first.take() {
+                None if joined.is_empty() => first = Some(chunk),
+                None => joined.extend_from_slice(&chunk),
+                Some(head) => {
+                    joined.reserve(declared.unwrap_or(0).min(max as u64) as usize);
+                    joined.extend_from_slice(&head);
+                    joined.extend_from_slice(&chunk);
+                }
+            }
         }
-        Ok(buf.freeze())
+        Ok(first.unwrap_or_else(|| joined.freeze()))
     };
     match tokio::time::timeout(app.config.server.body_timeout, read).await {
         Ok(Ok(bytes)) => {
