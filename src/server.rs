@@ -44,6 +44,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::telemetry::init_metrics();
     let keys = KeyMaterial::load_or_create(&config)?;
     crate::hub::selector::set_cache_size(config.hub.selector_cache_size);
+    if let Some(url) = config.hub_url().and_then(|u| url::Url::parse(&u).ok()) {
+        crate::hub::selector::set_hub_url(url);
+    }
     crate::hub::event::set_known_types(
         config
             .sources

@@ -5,13 +5,33 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 
-use super::auth::{check_cookie_origin, identify_with_source, TokenSource};
+use super::auth::{
+    check_cookie_origin, find_token_for, identify_with_source, token_generation, TokenSource,
+};
 use super::error::ApiError;
 use super::query::QueryPairs;
 use super::AppState;
+use crate::auth::Generation;
 use crate::hub::EventDraft;
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The publish route: [`publish`], its refusals answered in the form of the generation
+/// the presented token speaks (RFC 6750 for a Mercure 1.0 access token; a publish request
+/// has no other sign of its generation: its form fields are the same in both).
+pub async fn publish_route(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let generation = find_token_for(&headers, &QueryPairs::default(), Generation::V0)
+        .ok()
+        .flatten()
+        .map_or(Generation::V0, |(token, _)| token_generation(&token));
+    publish(state, headers, body)
+        .await
+        .map_err(|e| e.in_form(generation))
+}
 
 /// Publishes one update; answers `200 text/plain` with its ID.
 pub async fn publish(
@@ -32,8 +52,12 @@ pub async fn publish(
         .iter()
         .find(|t| !identity.publish.iter().any(|s| s.matches(t)))
     {
+        let claim = match identity.generation {
+            Generation::V0 => "mercure.publish claim",
+            Generation::V1 => "publish authorization_details",
+        };
         return Err(ApiError::Forbidden(format!(
-            "the token's mercure.publish claim does not cover topic {topic:?}"
+            "the token's {claim} does not cover topic {topic:?}"
         )));
     }
     let ids = app.bus.publish(vec![draft]).await?;
