@@ -62,13 +62,14 @@ impl SelectorParam {
     }
 }
 
+/// The generation a subscribe request speaks and its selector parameters, in order.
+pub type RequestSelectors<'a> = (crate::auth::Generation, Vec<(SelectorParam, &'a str)>);
+
 impl QueryPairs {
     /// The request's selector parameters, in order, and the generation they speak:
     /// `match*` is Mercure 1.0, `topic` is 0.x (also when there is neither). Mixing both,
     /// or an unknown `match*` name, is a 400 (in the 1.0 form, since it names `match`).
-    pub fn selectors(
-        &self,
-    ) -> Result<(crate::auth::Generation, Vec<(SelectorParam, &str)>), super::error::ApiError> {
+    pub fn selectors(&self) -> Result<RequestSelectors<'_>, super::error::ApiError> {
         use crate::auth::Generation;
         let mut found = Vec::new();
         for (key, value) in &self.0 {
