@@ -136,6 +136,12 @@ fn announce(
             "refused"
         }
     );
+    tracing::info!(
+        "mercure: 0.x (topic=, mercure claim) and 1.0 (match=, match_urlpattern=, at+jwt access tokens with aud {})",
+        config
+            .resource_identifier()
+            .unwrap_or_else(|| "http(s)://<request Host>/.well-known/mercure".into())
+    );
     if config.sources.is_empty() {
         tracing::info!("sources: none configured (see config/relais.toml)");
     }

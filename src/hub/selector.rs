@@ -220,11 +220,40 @@ fn compile_pattern(text: &str) -> Result<UrlPattern, SelectorError> {
     UrlPattern::parse(init, UrlPatternOptions::default()).map_err(bad)
 }
 
+/// Topics read as URLs, remembered per thread: one event is matched against every
+/// candidate subscriber's patterns in a row, so each of its topics (relais' events have
+/// two) is parsed once, not once per pattern.
+const PARSED_TOPICS: usize = 4;
+
 thread_local! {
-    /// The last topic read as a URL on this thread: one event is matched against every
-    /// candidate subscriber's patterns in a row, so the topic is parsed once, not once
-    /// per pattern.
-    static LAST_TOPIC: RefCell<Option<(Box<str>, Option<Url>)>> = const { RefCell::new(None) };
+    static PARSED: RefCell<ParsedTopics> = const { RefCell::new(ParsedTopics { slots: Vec::new(), next: 0 }) };
+}
+
+/// A few recently parsed topics, the oldest replaced first.
+struct ParsedTopics {
+    slots: Vec<(Box<str>, Option<Url>)>,
+    next: usize,
+}
+
+impl ParsedTopics {
+    fn get(&mut self, topic: &str) -> Option<&Url> {
+        let at = match self.slots.iter().position(|(t, _)| &**t == topic) {
+            Some(at) => at,
+            None => {
+                let parsed = (topic.into(), hub_url().join(topic).ok());
+                if self.slots.len() < PARSED_TOPICS {
+                    self.slots.push(parsed);
+                    self.slots.len() - 1
+                } else {
+                    let at = self.next;
+                    self.slots[at] = parsed;
+                    self.next = (at + 1) % PARSED_TOPICS;
+                    at
+                }
+            }
+        };
+        self.slots[at].1.as_ref()
+    }
 }
 
 /// Whether `pattern` accepts `topic` read as a URL (relative topics resolved against the
@@ -235,15 +264,10 @@ thread_local! {
 /// most selective) without building the match result and its named groups, which relais
 /// never reads.
 fn pattern_matches(pattern: &UrlPattern, topic: &str) -> bool {
-    LAST_TOPIC.with(|cell| {
-        let mut last = cell.borrow_mut();
-        if last.as_ref().is_none_or(|(t, _)| &**t != topic) {
-            *last = Some((topic.into(), hub_url().join(topic).ok()));
-        }
-        match last.as_ref().and_then(|(_, url)| url.as_ref()) {
-            Some(url) => components_match(pattern, url),
-            None => false,
-        }
+    PARSED.with(|cell| {
+        cell.borrow_mut()
+            .get(topic)
+            .is_some_and(|url| components_match(pattern, url))
     })
 }
 
@@ -500,6 +524,22 @@ mod tests {
         ));
         assert!(Selector::url_pattern("{").is_err());
         assert_eq!(pat("audits/:t").as_str(), "audits/:t");
+    }
+
+    #[test]
+    fn topics_of_one_event_alternate_without_confusion() {
+        // Two topics matched in turn (as a two-topic event against many subscribers),
+        // then more than the remembered few: every answer stays the answer for its topic.
+        let p = pat("audits/:t");
+        for _ in 0..3 {
+            assert!(p.matches("audits/a"));
+            assert!(!p.matches("interventions"));
+        }
+        for i in 0..10 {
+            assert!(p.matches(&format!("audits/{i}")));
+            assert!(!p.matches(&format!("other/{i}")));
+        }
+        assert!(p.matches("audits/a") && !p.matches("audits/a/b"));
     }
 
     #[test]
