@@ -705,3 +705,28 @@ async fn relais_token_mints_both_generations() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_1_0_publisher_marks_private_by_the_field_alone() {
+    let relais = Relais::start(&[("RELAIS_HUB__ALLOW_ANONYMOUS", "true")]);
+    let v1 = access_token(&relais, "p1", &[], &[("*", false)]);
+    let v0 = token("p0", &[], &["*"]);
+    let mut anonymous = SseClient::connect(&relais, "match=t", None, &[]).await;
+    for (publisher, data) in [(&v1, "1.0 private=off"), (&v0, "0.x private=off")] {
+        let response = publish(
+            &relais,
+            publisher,
+            &[("topic", "t"), ("data", data), ("private", "off")],
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+    }
+    let got = anonymous.events(2, QUIET).await;
+    assert_eq!(
+        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["0.x private=off"]
+    );
+    let response = publish(&relais, &v1, &[("topic", "t"), ("id", "#7")]).await;
+    assert_eq!(response.status(), 400);
+    publish_ok(&relais, &v0, "t", "0.x keeps accepting").await;
+}

@@ -46,7 +46,10 @@ pub async fn publish(
     if source == TokenSource::Cookie {
         check_cookie_origin(&app.config.server.publish_origins, &headers)?;
     }
-    let draft = parse_form(&body)?;
+    let mut draft = parse_form(&body)?;
+    if identity.generation == Generation::V1 {
+        mercure_1_form(&body, &mut draft)?;
+    }
     if let Some(topic) = draft
         .topics
         .iter()
@@ -68,6 +71,25 @@ pub async fn publish(
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id,
     ))
+}
+
+/// The Mercure 1.0 reading of a publish form, for a 1.0 access token: the `private` field
+/// marks the update private whatever its value (`private=off` too), and a publisher's
+/// `id` cannot start with `#` (1.0 keeps those for hub-generated IDs).
+fn mercure_1_form(body: &[u8], draft: &mut EventDraft) -> Result<(), ApiError> {
+    for (key, value) in form_urlencoded::parse(body) {
+        match key.as_ref() {
+            "private" => draft.private = true,
+            "id" if value.starts_with('#') => {
+                return Err(ApiError::bad_request(
+                    "id",
+                    "an event id cannot start with # (Mercure 1.0)",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks the media type (parameters such as `charset` are allowed).
@@ -164,6 +186,21 @@ mod tests {
         assert_eq!(d.id, "42");
         assert_eq!(d.event_type.as_deref(), Some("t"));
         assert_eq!(d.retry, Some(10));
+    }
+
+    #[test]
+    fn mercure_1_reads_private_by_presence() {
+        let mut draft = parse_form(b"topic=a&private=off").unwrap();
+        assert!(!draft.private, "0.x reading");
+        mercure_1_form(b"topic=a&private=off", &mut draft).unwrap();
+        assert!(draft.private, "1.0 reading");
+        let mut draft = parse_form(b"topic=a&private=").unwrap();
+        mercure_1_form(b"topic=a&private=", &mut draft).unwrap();
+        assert!(draft.private);
+        let mut draft = parse_form(b"topic=a").unwrap();
+        mercure_1_form(b"topic=a", &mut draft).unwrap();
+        assert!(!draft.private);
+        assert!(mercure_1_form(b"topic=a&id=%231", &mut draft).is_err());
     }
 
     #[test]
