@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use relais::auth::{KeyMaterial, TokenMinter};
+use relais::auth::{AccessTokenClaims, KeyMaterial, MatchType, TokenMinter, TopicMatcher};
 
 /// mimalloc instead of the system allocator: under webhook load glibc's malloc spent
 /// about half of relais' CPU consolidating and unlinking chunks (see docs/performance.md).
@@ -22,6 +22,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the `token` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay.
@@ -35,12 +37,30 @@ enum Command {
         /// Subject (who holds the token).
         #[arg(long)]
         sub: String,
-        /// Topic selector the holder may subscribe to (repeatable).
+        /// Topic selector the holder may subscribe to (repeatable). 0.x: a topic, a URI
+        /// template or *; 1.0: an exact topic or *.
         #[arg(long = "subscribe")]
         subscribe: Vec<String>,
-        /// Topic selector the holder may publish to (repeatable).
+        /// Topic selector the holder may publish to (repeatable), as --subscribe.
         #[arg(long = "publish")]
         publish: Vec<String>,
+        /// URL pattern the holder may subscribe to (repeatable; 1.0 only).
+        #[arg(long = "subscribe-urlpattern")]
+        subscribe_urlpattern: Vec<String>,
+        /// URL pattern the holder may publish to (repeatable; 1.0 only).
+        #[arg(long = "publish-urlpattern")]
+        publish_urlpattern: Vec<String>,
+        /// Token generation: 0.x (a `mercure` claim) or 1.0 (an OAuth access token with
+        /// `authorization_details`).
+        #[arg(long, default_value = "0.x", value_parser = ["0.x", "1.0"])]
+        format: String,
+        /// 1.0: the hub's resource identifier for `aud` (default: jwt.audience, else
+        /// server.public_url + /.well-known/mercure).
+        #[arg(long)]
+        aud: Option<String>,
+        /// 1.0: the issuer for `iss` (default: the first of jwt.issuers, else "relais").
+        #[arg(long)]
+        iss: Option<String>,
         /// Lifetime, e.g. 8h, 30m, 7d.
         #[arg(long, default_value = "8h", value_parser = parse_duration)]
         ttl: Duration,
@@ -54,6 +74,33 @@ enum Command {
         #[arg(long, env = "RELAIS_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+/// The 1.0 matchers of `--subscribe`/`--publish` (exact) and `--*-urlpattern`, checked
+/// as the hub will read them. A URI template is refused rather than granted as an exact
+/// topic nobody publishes to.
+fn matchers(exact: Vec<String>, patterns: Vec<String>) -> Result<Vec<TopicMatcher>, String> {
+    let mut out = Vec::new();
+    for text in exact {
+        if text.contains('{') {
+            return Err(format!(
+                "{text:?} looks like a URI template: a 1.0 token holds exact topics and URL patterns (--subscribe-urlpattern 'audits/:token')"
+            ));
+        }
+        relais::hub::Selector::exact(&text).map_err(|e| e.to_string())?;
+        out.push(TopicMatcher {
+            pattern: text,
+            match_type: None,
+        });
+    }
+    for text in patterns {
+        relais::hub::Selector::url_pattern(&text).map_err(|e| e.to_string())?;
+        out.push(TopicMatcher {
+            pattern: text,
+            match_type: Some(MatchType::UrlPattern),
+        });
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -84,17 +131,46 @@ fn run(cli: Cli) -> Result<(), String> {
             sub,
             subscribe,
             publish,
+            subscribe_urlpattern,
+            publish_urlpattern,
+            format,
+            aud,
+            iss,
             ttl,
             config,
         } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            for selector in subscribe.iter().chain(&publish) {
-                relais::hub::Selector::parse(selector).map_err(|e| e.to_string())?;
-            }
             let keys = KeyMaterial::load_or_create(&config).map_err(|e| e.to_string())?;
             let minter = TokenMinter::new(&keys, &config).map_err(|e| e.to_string())?;
-            let claims = TokenMinter::claims_for(&sub, subscribe, publish, ttl);
-            let token = minter.mint(&claims).map_err(|e| e.to_string())?;
+            let token = if format == "1.0" {
+                let aud = aud.or_else(|| config.resource_identifier()).ok_or(
+                    "a 1.0 token names the hub in aud: give --aud https://HOST/.well-known/mercure, or set server.public_url or jwt.audience",
+                )?;
+                let iss = iss
+                    .or_else(|| config.jwt.issuers.first().cloned())
+                    .unwrap_or_else(|| "relais".to_string());
+                let claims = AccessTokenClaims::new(
+                    &sub,
+                    &iss,
+                    &aud,
+                    matchers(subscribe, subscribe_urlpattern)?,
+                    matchers(publish, publish_urlpattern)?,
+                    ttl,
+                );
+                minter.mint_access_token(&claims)
+            } else {
+                if !subscribe_urlpattern.is_empty() || !publish_urlpattern.is_empty() {
+                    return Err("--subscribe-urlpattern and --publish-urlpattern need --format 1.0 (a 0.x token holds URI templates: --subscribe 'audits/{token}')".into());
+                }
+                if aud.is_some() || iss.is_some() {
+                    return Err("--aud and --iss need --format 1.0".into());
+                }
+                for selector in subscribe.iter().chain(&publish) {
+                    relais::hub::Selector::parse(selector).map_err(|e| e.to_string())?;
+                }
+                minter.mint(&TokenMinter::claims_for(&sub, subscribe, publish, ttl))
+            }
+            .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
         }

@@ -44,6 +44,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::telemetry::init_metrics();
     let keys = KeyMaterial::load_or_create(&config)?;
     crate::hub::selector::set_cache_size(config.hub.selector_cache_size);
+    if let Some(url) = config.hub_url().and_then(|u| url::Url::parse(&u).ok()) {
+        crate::hub::selector::set_hub_url(url);
+    }
     crate::hub::event::set_known_types(
         config
             .sources
@@ -132,6 +135,12 @@ fn announce(
         } else {
             "refused"
         }
+    );
+    tracing::info!(
+        "mercure: 0.x (topic=, mercure claim) and 1.0 (match=, match_urlpattern=, at+jwt access tokens with aud {})",
+        config
+            .resource_identifier()
+            .unwrap_or_else(|| "http(s)://<request Host>/.well-known/mercure".into())
     );
     if config.sources.is_empty() {
         tracing::info!("sources: none configured (see config/relais.toml)");

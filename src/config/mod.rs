@@ -95,6 +95,11 @@ pub struct ServerConfig {
     /// Standard Webhooks message IDs remembered to refuse a replayed message within the
     /// tolerance window (the oldest is forgotten first).
     pub webhook_id_cache: usize,
+    /// The URL clients reach relais at (`https://relais.example.org`, no trailing slash).
+    /// The hub's URL is this plus `/.well-known/mercure`: Mercure 1.0 tokens must name it
+    /// in `aud` (unless `jwt.audience` says otherwise), and relative URL patterns and
+    /// topics resolve against it. Unset: the request's `Host` decides the audience.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +119,7 @@ impl Default for ServerConfig {
             http2: false,
             publish_origins: Vec::new(),
             webhook_id_cache: 100_000,
+            public_url: None,
         }
     }
 }
@@ -148,8 +154,13 @@ pub struct JwtConfig {
     pub leeway_secs: u64,
     /// Accepted `iss` values; empty: `iss` is not checked.
     pub issuers: Vec<String>,
-    /// Required `aud` value; unset: `aud` is not checked.
+    /// Required `aud` value; unset: `aud` is not checked for 0.x tokens. It is also the
+    /// hub's resource identifier that Mercure 1.0 tokens must name in `aud` (default: the
+    /// hub's URL, from `server.public_url`).
     pub audience: Option<String>,
+    /// Topic selectors at most in one token's grants (the `mercure` claim, or every
+    /// Mercure entry of `authorization_details`); beyond, the token is refused.
+    pub max_claim_selectors: usize,
 }
 
 impl Default for JwtConfig {
@@ -163,6 +174,7 @@ impl Default for JwtConfig {
             leeway_secs: 0,
             issuers: Vec::new(),
             audience: None,
+            max_claim_selectors: 256,
         }
     }
 }
@@ -615,7 +627,37 @@ impl Config {
         if self.jwt.audience.as_deref() == Some("") {
             return invalid("jwt.audience: cannot be empty (leave it unset to skip the check)");
         }
+        if self.jwt.max_claim_selectors == 0 {
+            return invalid("jwt.max_claim_selectors: must be at least 1");
+        }
+        if let Some(url) = &self.server.public_url {
+            let parsed = url::Url::parse(url).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if parsed.is_none() || url.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "server.public_url: {url:?} is not a URL such as https://relais.example.org (http or https, no trailing slash, no query)"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The hub's URL (`server.public_url` + `/.well-known/mercure`), when configured.
+    pub fn hub_url(&self) -> Option<String> {
+        self.server
+            .public_url
+            .as_ref()
+            .map(|base| format!("{base}/.well-known/mercure"))
+    }
+
+    /// The hub's OAuth resource identifier, which Mercure 1.0 tokens must name in `aud`:
+    /// `jwt.audience`, else the hub's URL; `None`: derived from each request's `Host`.
+    pub fn resource_identifier(&self) -> Option<String> {
+        self.jwt.audience.clone().or_else(|| self.hub_url())
     }
 
     /// The listen address (validated by [`Config::validate`]).

@@ -59,7 +59,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route(
             MERCURE_PATH,
-            get(subscribe::subscribe).post(publish::publish),
+            get(subscribe::subscribe).post(publish::publish_route),
         )
         .route("/hooks/grist/{source}", post(hooks::grist_hook))
         .route("/hooks/hub/{source}", post(hooks::hub_hook))
@@ -102,6 +102,9 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::CACHE_CONTROL,
                 HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([HeaderName::from_static("last-event-id")]),
+            .expose_headers([
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("mercure-last-event-id"),
+            ]),
     )
 }

@@ -5,13 +5,33 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 
-use super::auth::{check_cookie_origin, identify_with_source, TokenSource};
+use super::auth::{
+    check_cookie_origin, find_token_for, identify_with_source, token_generation, TokenSource,
+};
 use super::error::ApiError;
 use super::query::QueryPairs;
 use super::AppState;
+use crate::auth::Generation;
 use crate::hub::EventDraft;
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The publish route: [`publish`], its refusals answered in the form of the generation
+/// the presented token speaks (RFC 6750 for a Mercure 1.0 access token; a publish request
+/// has no other sign of its generation: its form fields are the same in both).
+pub async fn publish_route(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let generation = find_token_for(&headers, &QueryPairs::default(), Generation::V0)
+        .ok()
+        .flatten()
+        .map_or(Generation::V0, |(token, _)| token_generation(&token));
+    publish(state, headers, body)
+        .await
+        .map_err(|e| e.in_form(generation))
+}
 
 /// Publishes one update; answers `200 text/plain` with its ID.
 pub async fn publish(
@@ -26,14 +46,21 @@ pub async fn publish(
     if source == TokenSource::Cookie {
         check_cookie_origin(&app.config.server.publish_origins, &headers)?;
     }
-    let draft = parse_form(&body)?;
+    let mut draft = parse_form(&body)?;
+    if identity.generation == Generation::V1 {
+        mercure_1_form(&body, &mut draft)?;
+    }
     if let Some(topic) = draft
         .topics
         .iter()
         .find(|t| !identity.publish.iter().any(|s| s.matches(t)))
     {
+        let claim = match identity.generation {
+            Generation::V0 => "mercure.publish claim",
+            Generation::V1 => "publish authorization_details",
+        };
         return Err(ApiError::Forbidden(format!(
-            "the token's mercure.publish claim does not cover topic {topic:?}"
+            "the token's {claim} does not cover topic {topic:?}"
         )));
     }
     let ids = app.bus.publish(vec![draft]).await?;
@@ -44,6 +71,25 @@ pub async fn publish(
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id,
     ))
+}
+
+/// The Mercure 1.0 reading of a publish form, for a 1.0 access token: the `private` field
+/// marks the update private whatever its value (`private=off` too), and a publisher's
+/// `id` cannot start with `#` (1.0 keeps those for hub-generated IDs).
+fn mercure_1_form(body: &[u8], draft: &mut EventDraft) -> Result<(), ApiError> {
+    for (key, value) in form_urlencoded::parse(body) {
+        match key.as_ref() {
+            "private" => draft.private = true,
+            "id" if value.starts_with('#') => {
+                return Err(ApiError::bad_request(
+                    "id",
+                    "an event id cannot start with # (Mercure 1.0)",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks the media type (parameters such as `charset` are allowed).
@@ -140,6 +186,21 @@ mod tests {
         assert_eq!(d.id, "42");
         assert_eq!(d.event_type.as_deref(), Some("t"));
         assert_eq!(d.retry, Some(10));
+    }
+
+    #[test]
+    fn mercure_1_reads_private_by_presence() {
+        let mut draft = parse_form(b"topic=a&private=off").unwrap();
+        assert!(!draft.private, "0.x reading");
+        mercure_1_form(b"topic=a&private=off", &mut draft).unwrap();
+        assert!(draft.private, "1.0 reading");
+        let mut draft = parse_form(b"topic=a&private=").unwrap();
+        mercure_1_form(b"topic=a&private=", &mut draft).unwrap();
+        assert!(draft.private);
+        let mut draft = parse_form(b"topic=a").unwrap();
+        mercure_1_form(b"topic=a", &mut draft).unwrap();
+        assert!(!draft.private);
+        assert!(mercure_1_form(b"topic=a&id=%231", &mut draft).is_err());
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn cors_headers(allowed: &[String], headers: &HeaderMap) -> String {
         return String::new();
     }
     format!(
-        "access-control-allow-origin: {origin}\r\naccess-control-allow-credentials: true\r\naccess-control-expose-headers: last-event-id\r\nvary: origin, access-control-request-method, access-control-request-headers\r\n"
+        "access-control-allow-origin: {origin}\r\naccess-control-allow-credentials: true\r\naccess-control-expose-headers: last-event-id, mercure-last-event-id\r\nvary: origin, access-control-request-method, access-control-request-headers\r\n"
     )
 }
 
@@ -276,7 +276,7 @@ async fn stream_to_socket(
     cors: String,
 ) {
     let mut head = String::from("HTTP/1.1 200 OK\r\n");
-    for (name, value) in stream_headers(prepared.history_gap) {
+    for (name, value) in stream_headers(&prepared) {
         head.push_str(name);
         head.push_str(": ");
         head.push_str(value);

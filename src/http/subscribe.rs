@@ -18,10 +18,11 @@ use futures::Stream;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::MissedTickBehavior;
 
-use super::auth::identify;
+use super::auth::identify_for;
 use super::error::ApiError;
-use super::query::QueryPairs;
+use super::query::{QueryPairs, SelectorParam};
 use super::AppState;
+use crate::auth::Generation;
 use crate::hub::{sse, Event, ResumeFrom, Selector, Subscription};
 
 /// Largest chunk a subscriber's task hands to the socket at once.
@@ -33,10 +34,15 @@ pub struct Prepared {
     pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>,
     /// The asked ID was not retained: answer with `Last-Event-ID: earliest`.
     pub history_gap: bool,
+    /// Mercure 1.0 requests that asked to resume: the `Mercure-Last-Event-ID` answer (the
+    /// asked ID when it is retained, else `earliest`).
+    pub resumed_from: Option<String>,
 }
 
-/// The response headers of a stream (besides CORS), for both serving paths.
-pub fn stream_headers(history_gap: bool) -> Vec<(&'static str, &'static str)> {
+/// The response headers of a stream (besides CORS), for both serving paths: 0.x requests
+/// get `Last-Event-ID: earliest` after a history gap, 1.0 requests that asked to resume
+/// get `Mercure-Last-Event-ID`.
+pub fn stream_headers(prepared: &Prepared) -> Vec<(&'static str, &str)> {
     let mut headers = vec![
         ("content-type", "text/event-stream"),
         (
@@ -45,8 +51,10 @@ pub fn stream_headers(history_gap: bool) -> Vec<(&'static str, &'static str)> {
         ),
         ("x-accel-buffering", "no"),
     ];
-    if history_gap {
-        headers.push(("last-event-id", "earliest"));
+    match &prepared.resumed_from {
+        Some(id) => headers.push(("mercure-last-event-id", id.as_str())),
+        None if prepared.history_gap => headers.push(("last-event-id", "earliest")),
+        None => {}
     }
     headers
 }
@@ -58,12 +66,16 @@ pub async fn subscribe(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let prepared = prepare(app, &headers, raw.as_deref()).await?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in stream_headers(&prepared) {
+        // Values are checked header-safe when the request is prepared.
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            headers.insert(name, value);
+        }
+    }
     let mut response = Response::new(Body::from_stream(prepared.stream));
     *response.status_mut() = StatusCode::OK;
-    let h = response.headers_mut();
-    for (name, value) in stream_headers(prepared.history_gap) {
-        h.insert(name, HeaderValue::from_static(value));
-    }
+    response.headers_mut().extend(headers);
     Ok(response)
 }
 
@@ -75,35 +87,14 @@ pub async fn prepare(
     raw_query: Option<&str>,
 ) -> Result<Prepared, ApiError> {
     let query = QueryPairs::parse(raw_query);
-    // Authentication first: nothing costly (selector compilation, history) is done for
-    // a request without a valid token.
-    let identity = identify(&app.auth, headers, &query)?;
-    if identity.is_none() && !app.config.hub.allow_anonymous {
-        return Err(crate::auth::AuthError::Missing.into());
-    }
-    let selectors = parse_selectors(&app.config.hub, &query)?;
-    let (claims, subject, expires_at) = match identity {
-        Some(id) => {
-            if let Some(denied) = selectors
-                .iter()
-                .find(|s| !id.subscribe.iter().any(|c| c.permits(s)))
-            {
-                return Err(ApiError::Forbidden(format!(
-                    "the token's mercure.subscribe claim does not allow topic selector {:?}",
-                    denied.as_str()
-                )));
-            }
-            (Some(id.subscribe), id.subject, id.expires_at)
-        }
-        None if app.config.hub.allow_anonymous => (None, None, None),
-        None => return Err(crate::auth::AuthError::Missing.into()),
-    };
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| query.first("lastEventID"))
-        .or_else(|| query.first("Last-Event-ID"));
-    let resume = ResumeFrom::parse(resume);
+    let (generation, params) = query.selectors()?;
+    let Checked {
+        selectors,
+        claims,
+        subject,
+        expires_at,
+    } = check(&app, headers, &query, generation, &params).map_err(|e| e.in_form(generation))?;
+    let resume = resume_point(headers, &query, generation);
     if let ResumeFrom::After(id) = &resume {
         if !app.hub.retains(id) {
             // Another instance may have sent it moments ago: let this one catch up.
@@ -114,6 +105,9 @@ pub async fn prepare(
     let subscription = Subscription { selectors, claims };
     let attach = app.hub.attach(&resume);
     let gap = attach.history_gap;
+    let resumed_from = (generation == Generation::V1)
+        .then(|| resume_answer(&resume, gap))
+        .flatten();
 
     let mut preamble = BytesMut::new();
     preamble.extend_from_slice(&sse::encode_retry(app.config.server.retry_ms));
@@ -139,35 +133,133 @@ pub async fn prepare(
     Ok(Prepared {
         stream: Box::pin(stream),
         history_gap: gap,
+        resumed_from,
     })
 }
 
-/// The request's `topic` selectors, within `hub.max_selectors` and
-/// `hub.max_selector_bytes` (checked before anything is compiled).
+/// What the checks of a subscribe request let through.
+struct Checked {
+    selectors: Vec<Selector>,
+    claims: Option<Vec<Selector>>,
+    subject: Option<String>,
+    expires_at: Option<SystemTime>,
+}
+
+/// Authenticates the request, then reads its selectors and checks them against the
+/// token's grants. Authentication comes first: nothing costly (selector compilation,
+/// history) is done for a request without a valid token.
+fn check(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: &QueryPairs,
+    generation: Generation,
+    params: &[(SelectorParam, &str)],
+) -> Result<Checked, ApiError> {
+    let identity = identify_for(&app.auth, headers, query, generation)?.map(|(id, _)| id);
+    if identity.is_none() && !app.config.hub.allow_anonymous {
+        return Err(crate::auth::AuthError::Missing.into());
+    }
+    let selectors = parse_selectors(&app.config.hub, params, generation)?;
+    match identity {
+        Some(id) => {
+            if let Some(denied) = selectors
+                .iter()
+                .find(|s| !id.subscribe.iter().any(|c| c.permits(s)))
+            {
+                let claim = match id.generation {
+                    Generation::V0 => "mercure.subscribe claim",
+                    Generation::V1 => "subscribe authorization_details",
+                };
+                return Err(ApiError::Forbidden(format!(
+                    "the token's {claim} does not allow topic selector {:?}",
+                    denied.as_str()
+                )));
+            }
+            Ok(Checked {
+                selectors,
+                claims: Some(id.subscribe),
+                subject: id.subject,
+                expires_at: id.expires_at,
+            })
+        }
+        None => Ok(Checked {
+            selectors,
+            claims: None,
+            subject: None,
+            expires_at: None,
+        }),
+    }
+}
+
+/// Where the stream starts: the `Last-Event-ID` header, else the query parameter
+/// (`lastEventID` for 0.x, `last_event_id` for 1.0; each generation's spelling is
+/// accepted from the other too, and the older `Last-Event-ID` parameter last).
+fn resume_point(headers: &HeaderMap, query: &QueryPairs, generation: Generation) -> ResumeFrom {
+    let names: [&str; 3] = match generation {
+        Generation::V0 => ["lastEventID", "last_event_id", "Last-Event-ID"],
+        Generation::V1 => ["last_event_id", "lastEventID", "Last-Event-ID"],
+    };
+    let asked = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| names.iter().find_map(|name| query.first(name)));
+    ResumeFrom::parse(asked)
+}
+
+/// The `Mercure-Last-Event-ID` answer to a 1.0 request that asked to resume: the asked
+/// ID when it is retained (and can be sent as a header value), else `earliest`.
+fn resume_answer(resume: &ResumeFrom, gap: bool) -> Option<String> {
+    match resume {
+        ResumeFrom::Now => None,
+        ResumeFrom::After(id) if !gap && header_safe(id) => Some(id.clone()),
+        ResumeFrom::After(_) | ResumeFrom::Earliest => Some("earliest".into()),
+    }
+}
+
+/// Whether a text can be sent as a header value as is (visible ASCII, spaces, tabs and
+/// UTF-8 bytes; no control character that could end the head).
+fn header_safe(text: &str) -> bool {
+    text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The request's selectors, within `hub.max_selectors` and `hub.max_selector_bytes`
+/// (checked before anything is compiled): `topic` for 0.x (an exact topic, a URI template
+/// or `*`), `match` (exact) and `match_urlpattern` (URL Pattern) for 1.0.
 fn parse_selectors(
     limits: &crate::config::HubConfig,
-    query: &QueryPairs,
+    params: &[(SelectorParam, &str)],
+    generation: Generation,
 ) -> Result<Vec<Selector>, ApiError> {
-    let texts: Vec<&str> = query.all("topic").collect();
-    if texts.is_empty() {
+    let field = match generation {
+        Generation::V0 => "topic",
+        Generation::V1 => "match",
+    };
+    if params.is_empty() {
         return Err(ApiError::bad_request(
-            "topic",
-            "at least one `topic` query parameter (a topic, a URI template or *) is required",
+            field,
+            match generation {
+                Generation::V0 => "at least one `topic` query parameter (a topic, a URI template or *) is required",
+                Generation::V1 => "at least one `match` (exact topic) or `match_urlpattern` (URL pattern) query parameter is required",
+            },
         ));
     }
-    if texts.len() > limits.max_selectors {
+    if params.len() > limits.max_selectors {
         return Err(ApiError::bad_request(
-            "topic",
+            field,
             format!(
                 "{} topic selectors given; at most {} per subscription (hub.max_selectors)",
-                texts.len(),
+                params.len(),
                 limits.max_selectors
             ),
         ));
     }
-    if let Some(long) = texts.iter().find(|t| t.len() > limits.max_selector_bytes) {
+    if let Some((_, long)) = params
+        .iter()
+        .find(|(_, t)| t.len() > limits.max_selector_bytes)
+    {
         return Err(ApiError::bad_request(
-            "topic",
+            field,
             format!(
                 "a topic selector of {} bytes; at most {} bytes each (hub.max_selector_bytes)",
                 long.len(),
@@ -175,9 +267,16 @@ fn parse_selectors(
             ),
         ));
     }
-    texts
-        .into_iter()
-        .map(|t| Selector::parse(t).map_err(|e| ApiError::bad_request("topic", e.to_string())))
+    params
+        .iter()
+        .map(|(kind, text)| {
+            let (name, parsed) = match kind {
+                SelectorParam::Topic => ("topic", Selector::parse(text)),
+                SelectorParam::Exact => ("match", Selector::exact(text)),
+                SelectorParam::UrlPattern => ("match_urlpattern", Selector::url_pattern(text)),
+            };
+            parsed.map_err(|e| ApiError::bad_request(name, e.to_string()))
+        })
         .collect()
 }
 

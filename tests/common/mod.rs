@@ -287,3 +287,39 @@ impl SseClient {
 pub const ARRIVE: Duration = Duration::from_secs(5);
 /// How long to watch for things that must not arrive.
 pub const QUIET: Duration = Duration::from_millis(700);
+
+/// A Mercure 1.0 matcher for [`access_token`]: `("topic", false)` is exact,
+/// `("pattern", true)` a URL pattern.
+pub fn matchers(list: &[(&str, bool)]) -> Vec<relais::auth::TopicMatcher> {
+    list.iter()
+        .map(|(pattern, url_pattern)| relais::auth::TopicMatcher {
+            pattern: pattern.to_string(),
+            match_type: url_pattern.then_some(relais::auth::MatchType::UrlPattern),
+        })
+        .collect()
+}
+
+/// A Mercure 1.0 access token (`typ: at+jwt`, `authorization_details`) for this relais
+/// (`aud` = its hub URL), minted by relais' own minter with [`TEST_SECRET`].
+pub fn access_token(
+    relais: &Relais,
+    sub: &str,
+    subscribe: &[(&str, bool)],
+    publish: &[(&str, bool)],
+) -> String {
+    let claims = relais::auth::AccessTokenClaims::new(
+        sub,
+        "relais",
+        &relais.hub_url(),
+        matchers(subscribe),
+        matchers(publish),
+        Duration::from_secs(3600),
+    );
+    let mut config = Config::default();
+    config.jwt.secret = Some(Secret::new(TEST_SECRET));
+    let keys = KeyMaterial::load_or_create(&config).expect("keys");
+    TokenMinter::new(&keys, &config)
+        .expect("minter")
+        .mint_access_token(&claims)
+        .expect("mint")
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser tests of the dashboard widget (widget/): Debian's Chromium driven by
+# Browser tests of the dashboard widget (widget/) and of Mercure 1.0 from a native
+# EventSource: Debian's Chromium driven by
 # playwright-core against the real relais binary. Builds relais if needed, installs the
 # pinned npm test dependency when missing (never a browser download), runs `node --test`.
 # Screenshots go to tests/artifacts/; RELAIS_UPDATE_SCREENSHOT=1 also refreshes docs/widget.png.
@@ -21,4 +22,4 @@ mkdir -p tests/artifacts
 cd tests/browser
 # One file at a time: the machine has two cores shared with the relais processes.
 exec node --test --test-concurrency=1 --test-timeout=120000 \
-  standalone.test.js resilience.test.js grist.test.js webhook.test.js framing.test.js
+  *.test.js
