@@ -177,9 +177,11 @@ async fn receive(
     };
     if let Some((id, _)) = &signed {
         if app.webhook_ids.seen(name, id, now) {
-            return Err(ApiError::Conflict(format!(
-                "webhook-id {id:?} was already received (a replay); nothing changed"
-            )));
+            // Already stored: a sender that lost our answer retries with the same
+            // webhook-id, and must get a success it can stop on; a replay by someone
+            // else must change nothing. Both get 200 and an empty summary.
+            tracing::info!(source = %name, webhook_id = %id, "webhook-id already received: nothing applied");
+            return Ok(Summary::default());
         }
     }
     let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {

@@ -1,8 +1,8 @@
 //! Replayed Standard Webhooks messages: a signed message stays valid for the whole
 //! tolerance window, so whoever captured one could send it again (re-raising a state
 //! that has since changed, and its alert). relais remembers the `webhook-id` of each
-//! message it accepted until its timestamp leaves the window, and refuses a second
-//! delivery of the same ID. The memory is bounded (`server.webhook_id_cache` IDs, least
+//! message it accepted until its timestamp leaves the window, and applies a second
+//! delivery of the same ID as nothing (answered 200, so an honest sender's retry stops). The memory is bounded (`server.webhook_id_cache` IDs, least
 //! recently seen forgotten first).
 
 use std::num::NonZeroUsize;
