@@ -173,6 +173,9 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
+/// A count row of the table: its label and how to read it.
+type Count = (&'static str, fn(&Figures) -> u64);
+
 /// The side-by-side table: relais, then each peer and the ratio relais/peer.
 pub fn table(args: &Args, ingest: &str, relais: &Figures, peers: &[(&str, &Figures)]) -> String {
     let mut out = String::new();
@@ -202,7 +205,7 @@ pub fn table(args: &Args, ingest: &str, relais: &Figures, peers: &[(&str, &Figur
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    let counts: [(&str, fn(&Figures) -> u64); 3] = [
+    let counts: [Count; 3] = [
         ("subscribers", |f| f.subscribers),
         ("events", |f| f.events),
         ("deliveries", |f| f.deliveries),
