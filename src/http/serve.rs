@@ -218,12 +218,6 @@ async fn stream_to_socket(
         end,
         ..
     } = prepared;
-    let expiry = tokio::time::sleep_until(
-        expires_at
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
-    );
-    tokio::pin!(expiry);
-    let expires = expires_at.is_some();
     let mut pending = Some(Bytes::from(head));
     let mut scratch = [0u8; 256];
     loop {
@@ -231,17 +225,24 @@ async fn stream_to_socket(
             item = events.next() => {
                 let Some(frames) = item else { break };
                 let head = pending.take();
-                let outcome = tokio::select! {
-                    biased;
-                    _ = &mut expiry, if expires => Err(EndReason::TokenExpired),
-                    written = tokio::time::timeout(
-                        write_timeout,
-                        write_frames(&mut socket, head.as_ref(), &frames),
-                    ) => match written {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(_)) => Err(EndReason::ClientGone),
-                        Err(_) => Err(EndReason::WriteTimeout),
-                    },
+                // One deadline per write: the write timeout, or the token's expiry if it
+                // comes first. Boxed, so an idle connection's task holds no timer.
+                let limit = match expires_at {
+                    Some(at) => write_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
+                    None => write_timeout,
+                };
+                let written = Box::pin(tokio::time::timeout(
+                    limit,
+                    write_frames(&mut socket, head.as_ref(), &frames),
+                ))
+                .await;
+                let outcome = match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(EndReason::ClientGone),
+                    Err(_) if expires_at.is_some_and(|at| tokio::time::Instant::now() >= at) => {
+                        Err(EndReason::TokenExpired)
+                    }
+                    Err(_) => Err(EndReason::WriteTimeout),
                 };
                 if let Err(reason) = outcome {
                     end.set(reason);
