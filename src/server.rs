@@ -54,10 +54,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .filter_map(|s| s.event_type.as_deref()),
     );
     let auth = Arc::new(Authenticator::new(&keys, &config)?);
-    let hub = Arc::new(Hub::new(
-        config.hub.history_size,
-        config.hub.subscriber_backlog,
-    ));
+    let hub = Arc::new(
+        Hub::new(config.hub.history_size, config.hub.subscriber_backlog)
+            .with_subscriber_queue_bytes(config.hub.subscriber_queue_bytes),
+    );
     let shutdown = CancellationToken::new();
     let bus = match &config.redis.url {
         None => Bus::local(hub.clone()),

@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// Interval between heartbeat comments on idle streams (`15s`, `500ms`).
     #[serde(with = "duration::serde_human")]
     pub heartbeat: Duration,
+    /// Longest a write to a subscriber may stay blocked (the client stopped reading)
+    /// before its stream is closed (`30s`: two heartbeats).
+    #[serde(with = "duration::serde_human")]
+    pub write_timeout: Duration,
     /// Reconnection delay announced to clients with `retry:`, in milliseconds.
     pub retry_ms: u64,
     /// Time a new connection has to send its first complete request head.
@@ -110,6 +114,7 @@ impl Default for ServerConfig {
             state_dir: None,
             max_body_bytes: 1024 * 1024,
             heartbeat: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
             retry_ms: 2000,
             head_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(30),
@@ -190,6 +195,9 @@ pub struct HubConfig {
     /// How many events a subscriber may fall behind before it is disconnected (it then
     /// reconnects and resumes from its last ID). Rounded up to a power of two.
     pub subscriber_backlog: usize,
+    /// How many bytes of live frames a subscriber may have queued before it is
+    /// disconnected as too slow (it then resumes from its last ID).
+    pub subscriber_queue_bytes: usize,
     /// How many webhook records (Grist rows, DiagPV modules; all sources together) relais
     /// remembers to compute `change`/`changed`/`previous` and absorb retries; the least
     /// recently used is forgotten first.
@@ -208,6 +216,7 @@ impl Default for HubConfig {
             allow_anonymous: false,
             history_size: 10_000,
             subscriber_backlog: 8192,
+            subscriber_queue_bytes: crate::hub::DEFAULT_QUEUE_BYTES,
             record_state_capacity: crate::ingest::state::DEFAULT_CAPACITY,
             max_selectors: 32,
             max_selector_bytes: 1024,
@@ -430,6 +439,12 @@ impl Config {
         self.validate_limits()?;
         if self.server.heartbeat.is_zero() {
             return invalid("server.heartbeat: must be greater than 0".into());
+        }
+        if self.server.write_timeout.is_zero() {
+            return invalid("server.write_timeout: must be greater than 0".into());
+        }
+        if self.hub.subscriber_queue_bytes == 0 {
+            return invalid("hub.subscriber_queue_bytes: must be at least 1".into());
         }
         if self.hub.history_size == 0 {
             return invalid("hub.history_size: must be at least 1".into());

@@ -270,11 +270,18 @@ fn cors_headers(allowed: &[String], headers: &HeaderMap) -> String {
 }
 
 /// Writes the response head, then the stream, until it ends or the client leaves.
+///
+/// Each item of the stream is written with vectored writes of the shared frames (the
+/// head goes with the first item, neither is copied). A write that stays blocked longer
+/// than `server.write_timeout` ends the stream, and so does the token's expiry, even in
+/// the middle of a blocked write: a client that stops reading holds at most one chunk
+/// and its socket buffers.
 async fn stream_to_socket(
     mut socket: TcpStream,
     prepared: super::subscribe::Prepared,
     cors: String,
 ) {
+    use super::subscribe::EndReason;
     let mut head = String::from("HTTP/1.1 200 OK\r\n");
     for (name, value) in stream_headers(&prepared) {
         head.push_str(name);
@@ -284,24 +291,41 @@ async fn stream_to_socket(
     }
     head.push_str(&cors);
     head.push_str("connection: close\r\n\r\n");
-    let mut events = prepared.stream;
-    // The head goes out with the first chunk (retry: and the replay) in one write.
+    let super::subscribe::Prepared {
+        stream: mut events,
+        expires_at,
+        write_timeout,
+        end,
+        ..
+    } = prepared;
     let mut pending = Some(Bytes::from(head));
     let mut scratch = [0u8; 256];
     loop {
         tokio::select! {
             item = events.next() => {
-                let Some(Ok(bytes)) = item else { break };
-                let written = match pending.take() {
-                    Some(head) => {
-                        let mut first = BytesMut::with_capacity(head.len() + bytes.len());
-                        first.extend_from_slice(&head);
-                        first.extend_from_slice(&bytes);
-                        socket.write_all(&first).await
-                    }
-                    None => socket.write_all(&bytes).await,
+                let Some(frames) = item else { break };
+                let head = pending.take();
+                // One deadline per write: the write timeout, or the token's expiry if it
+                // comes first. Boxed, so an idle connection's task holds no timer.
+                let limit = match expires_at {
+                    Some(at) => write_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
+                    None => write_timeout,
                 };
-                if written.is_err() {
+                let written = Box::pin(tokio::time::timeout(
+                    limit,
+                    write_frames(&mut socket, head.as_ref(), &frames),
+                ))
+                .await;
+                let outcome = match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(EndReason::ClientGone),
+                    Err(_) if expires_at.is_some_and(|at| tokio::time::Instant::now() >= at) => {
+                        Err(EndReason::TokenExpired)
+                    }
+                    Err(_) => Err(EndReason::WriteTimeout),
+                };
+                if let Err(reason) = outcome {
+                    end.set(reason);
                     break;
                 }
             }
@@ -320,7 +344,51 @@ async fn stream_to_socket(
         }
     }
     drop(events);
-    let _ = socket.shutdown().await;
+    // Closing without waiting: a client that stopped reading must not hold this task.
+    drop(socket);
+}
+
+/// Most slices handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// Writes `head` (if any) then every frame, with vectored writes of the shared bytes.
+async fn write_frames(
+    socket: &mut TcpStream,
+    head: Option<&Bytes>,
+    frames: &[Bytes],
+) -> io::Result<()> {
+    let parts: Vec<&[u8]> = head
+        .into_iter()
+        .chain(frames.iter())
+        .map(|b| b.as_ref())
+        .filter(|b| !b.is_empty())
+        .collect();
+    let (mut index, mut offset) = (0usize, 0usize);
+    let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+    while index < parts.len() {
+        let mut n = 0;
+        for (i, part) in parts[index..].iter().take(MAX_IOV).enumerate() {
+            iov[i] = io::IoSlice::new(if i == 0 { &part[offset..] } else { part });
+            n += 1;
+        }
+        let mut written = socket.write_vectored(&iov[..n]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Advance past what was written.
+        while written > 0 && index < parts.len() {
+            let left = parts[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A connection whose first bytes were already read: they are read again first.

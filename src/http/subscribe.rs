@@ -1,11 +1,17 @@
 //! `GET /.well-known/mercure`: the Server-Sent Events stream.
 //!
-//! The stream first sends `retry:` and the replayed history, then live events. Live
-//! events that are already queued when the subscriber's task wakes are written together
-//! (coalescing), each frame being the bytes encoded once at commit time.
+//! The stream first sends `retry:` and the replayed history, then live events. The
+//! stream's items are lists of frames, each frame being the bytes encoded once at commit
+//! time and shared by every subscriber: the lean path writes them with one vectored write
+//! per item, never copying them. The replay is produced in chunks of at most
+//! [`MAX_CHUNK`] bytes as the socket takes them, never built whole. Live events come from
+//! the subscriber's own queue in the hub, which holds only the events it matches; what is
+//! queued when the task wakes is written together (coalescing).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,9 +19,8 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use futures::Stream;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use tokio::time::MissedTickBehavior;
 
 use super::auth::identify_for;
@@ -23,20 +28,83 @@ use super::error::ApiError;
 use super::query::{QueryPairs, SelectorParam};
 use super::AppState;
 use crate::auth::Generation;
-use crate::hub::{sse, Event, ResumeFrom, Selector, Subscription};
+use crate::hub::{sse, Event, ResumeFrom, Selector, Subscriber, Subscription};
 
-/// Largest chunk a subscriber's task hands to the socket at once.
-const MAX_CHUNK: usize = 64 * 1024;
+/// Largest chunk (sum of frame sizes) a subscriber's task hands to the socket at once;
+/// with the hub's queue bound it is what one connection can hold.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// One write to the socket: shared frames, in order.
+pub type Frames = Vec<Bytes>;
 
 /// A subscription that passed every check, ready to stream.
 pub struct Prepared {
-    /// The stream's bytes: `retry:`, the replay, then live events and heartbeats.
-    pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>,
+    /// The stream's frames: `retry:`, the replay, then live events and heartbeats.
+    pub stream: Pin<Box<dyn Stream<Item = Frames> + Send>>,
     /// The asked ID was not retained: answer with `Last-Event-ID: earliest`.
     pub history_gap: bool,
     /// Mercure 1.0 requests that asked to resume: the `Mercure-Last-Event-ID` answer (the
     /// asked ID when it is retained, else `earliest`).
     pub resumed_from: Option<String>,
+    /// When the token expires: the writer closes the stream then, even while a write is
+    /// blocked.
+    pub expires_at: Option<tokio::time::Instant>,
+    /// Longest one write may stay blocked (`server.write_timeout`).
+    pub write_timeout: Duration,
+    /// Where the writer records why it ended the stream, for the session log line.
+    pub end: StreamEnd,
+}
+
+/// Why a stream ended, for the session log line and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EndReason {
+    /// The client went away.
+    ClientGone = 0,
+    /// The subscriber fell behind its queue bounds.
+    Lagged = 1,
+    /// Its token expired.
+    TokenExpired = 2,
+    /// relais is shutting down.
+    Shutdown = 3,
+    /// A write stayed blocked longer than `server.write_timeout`.
+    WriteTimeout = 4,
+}
+
+impl EndReason {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => EndReason::Lagged,
+            2 => EndReason::TokenExpired,
+            3 => EndReason::Shutdown,
+            4 => EndReason::WriteTimeout,
+            _ => EndReason::ClientGone,
+        }
+    }
+}
+
+/// The end reason a stream's writer may set (unset: the stream decides).
+#[derive(Debug, Clone, Default)]
+pub struct StreamEnd(Arc<AtomicU8>);
+
+impl StreamEnd {
+    const UNSET: u8 = u8::MAX;
+
+    fn new() -> Self {
+        Self(Arc::new(AtomicU8::new(Self::UNSET)))
+    }
+
+    /// Records why the writer ended the stream.
+    pub fn set(&self, reason: EndReason) {
+        self.0.store(reason as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<EndReason> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::UNSET => None,
+            v => Some(EndReason::from_u8(v)),
+        }
+    }
 }
 
 /// The response headers of a stream (besides CORS), for both serving paths: 0.x requests
@@ -73,7 +141,10 @@ pub async fn subscribe(
             headers.insert(name, value);
         }
     }
-    let mut response = Response::new(Body::from_stream(prepared.stream));
+    let bytes = prepared
+        .stream
+        .flat_map(|frames| futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>)));
+    let mut response = Response::new(Body::from_stream(bytes));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().extend(headers);
     Ok(response)
@@ -103,37 +174,29 @@ pub async fn prepare(
     }
 
     let subscription = Subscription { selectors, claims };
-    let attach = app.hub.attach(&resume);
-    let gap = attach.history_gap;
+    let subscriber = app.hub.subscribe(subscription.clone(), &resume);
+    let gap = subscriber.history_gap;
     let resumed_from = (generation == Generation::V1)
         .then(|| resume_answer(&resume, gap))
         .flatten();
-
-    let mut preamble = BytesMut::new();
-    preamble.extend_from_slice(&sse::encode_retry(app.config.server.retry_ms));
-    let mut replay = Batch::default();
-    for event in &attach.replay {
-        replay.offer(&subscription, event);
-    }
-    let replayed = replay.count;
-    if let Some((bytes, _, _)) = replay.finish() {
-        preamble.extend_from_slice(&bytes);
-    }
-
-    let session = Session::start(subject, &subscription, replayed, gap);
-    let stream = event_stream(
-        app,
-        subscription,
-        attach.live,
-        preamble.freeze(),
-        expires_at,
-        session,
-    );
+    let end = StreamEnd::new();
+    let session = Session::start(subject, &subscription, gap, end.clone());
+    let expires_at = expires_at
+        .map(|at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
+        .map(|left| tokio::time::Instant::now() + left);
+    let write_timeout = app.config.server.write_timeout;
+    let stream = event_stream(app, subscription, subscriber, expires_at, session);
 
     Ok(Prepared {
         stream: Box::pin(stream),
         history_gap: gap,
         resumed_from,
+        expires_at,
+        write_timeout,
+        end,
     })
 }
 
@@ -280,16 +343,6 @@ fn parse_selectors(
         .collect()
 }
 
-/// Why a stream ended, for the session log line.
-#[derive(Debug, Clone, Copy)]
-enum EndReason {
-    ClientGone,
-    Lagged,
-    TokenExpired,
-    Shutdown,
-    HubClosed,
-}
-
 /// One subscriber session: counts it in the metrics and logs one line when it ends.
 struct Session {
     subject: Option<String>,
@@ -297,10 +350,17 @@ struct Session {
     started: Instant,
     delivered: u64,
     end: EndReason,
+    /// Set by the writer when it ended the stream (takes precedence over `end`).
+    writer_end: StreamEnd,
 }
 
 impl Session {
-    fn start(subject: Option<String>, sub: &Subscription, replayed: u64, gap: bool) -> Self {
+    fn start(
+        subject: Option<String>,
+        sub: &Subscription,
+        gap: bool,
+        writer_end: StreamEnd,
+    ) -> Self {
         metrics::gauge!("relais_subscribers_connected").increment(1.0);
         let selectors = sub
             .selectors
@@ -308,29 +368,42 @@ impl Session {
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(" ");
-        tracing::debug!(subject = subject.as_deref().unwrap_or("-"), %selectors, replayed, history_gap = gap, "subscriber connected");
+        tracing::debug!(subject = subject.as_deref().unwrap_or("-"), %selectors, history_gap = gap, "subscriber connected");
         Self {
             subject,
             selectors,
             started: Instant::now(),
-            delivered: replayed,
+            delivered: 0,
             end: EndReason::ClientGone,
+            writer_end,
         }
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        let end = self.writer_end.get().unwrap_or(self.end);
         metrics::gauge!("relais_subscribers_connected").decrement(1.0);
-        if matches!(self.end, EndReason::Lagged) {
-            metrics::counter!("relais_slow_subscriber_disconnects_total").increment(1);
+        match end {
+            EndReason::Lagged => {
+                metrics::counter!("relais_slow_subscriber_disconnects_total").increment(1);
+                tracing::warn!(
+                    subject = self.subject.as_deref().unwrap_or("-"),
+                    "subscriber too slow: disconnected; it will resume from its last event ID"
+                );
+            }
+            EndReason::WriteTimeout => {
+                metrics::counter!("relais_stalled_subscriber_disconnects_total").increment(1);
+                tracing::warn!(subject = self.subject.as_deref().unwrap_or("-"), "subscriber stopped reading: write timed out, disconnected; it will resume from its last event ID");
+            }
+            _ => {}
         }
         tracing::info!(
             subject = self.subject.as_deref().unwrap_or("-"),
             selectors = %self.selectors,
             delivered = self.delivered,
             duration_ms = self.started.elapsed().as_millis() as u64,
-            end = ?self.end,
+            end = ?end,
             "subscriber session ended"
         );
     }
@@ -339,19 +412,36 @@ impl Drop for Session {
 fn event_stream(
     app: AppState,
     subscription: Subscription,
-    mut live: tokio::sync::broadcast::Receiver<Arc<Event>>,
-    preamble: Bytes,
-    expires_at: Option<SystemTime>,
+    subscriber: Subscriber,
+    deadline: Option<tokio::time::Instant>,
     mut session: Session,
-) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+) -> impl futures::Stream<Item = Frames> + Send {
     let heartbeat_every = app.config.server.heartbeat;
+    let retry = sse::encode_retry(app.config.server.retry_ms);
     let shutdown = app.shutdown.clone();
     let latency = metrics::histogram!("relais_delivery_latency_seconds");
+    let Subscriber { replay, live, .. } = subscriber;
     async_stream::stream! {
-        yield Ok(preamble);
-        let deadline = expires_at
-            .map(|at| at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-            .map(|left| tokio::time::Instant::now() + left);
+        // The replay, chunk by chunk as the socket takes them.
+        let mut chunk = Chunk::default();
+        chunk.frames.push(retry);
+        for event in replay {
+            if !subscription.wants(&event) {
+                continue;
+            }
+            chunk.offer(&event);
+            if chunk.bytes >= MAX_CHUNK {
+                if let Some((frames, count, _)) = chunk.take() {
+                    session.delivered += count;
+                    yield frames;
+                }
+            }
+        }
+        if let Some((frames, count, _)) = chunk.take() {
+            session.delivered += count;
+            yield frames;
+        }
+
         let expiry = tokio::time::sleep_until(
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
         );
@@ -359,66 +449,68 @@ fn event_stream(
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let heartbeat_frame = sse::encode_comment("");
+        let mut pending: VecDeque<Arc<Event>> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => { session.end = EndReason::Shutdown; break; }
                 _ = &mut expiry, if deadline.is_some() => { session.end = EndReason::TokenExpired; break; }
-                received = live.recv() => {
-                    let first = match received {
-                        Ok(event) => event,
-                        Err(RecvError::Lagged(_)) => { session.end = EndReason::Lagged; break; }
-                        Err(RecvError::Closed) => { session.end = EndReason::HubClosed; break; }
-                    };
-                    let mut batch = Batch::default();
-                    batch.offer(&subscription, &first);
-                    let mut lagged = false;
-                    while batch.len() < MAX_CHUNK {
-                        match live.try_recv() {
-                            Ok(event) => batch.offer(&subscription, &event),
-                            Err(TryRecvError::Lagged(_)) => { lagged = true; break; }
-                            Err(_) => break,
-                        }
-                    }
-                    if lagged {
+                received = live.next_events(&mut pending) => {
+                    if received.is_err() {
                         session.end = EndReason::Lagged;
                         break;
                     }
-                    if let Some((bytes, count, oldest)) = batch.finish() {
-                        latency.record(oldest.elapsed().as_secs_f64());
+                    // The hub queued only what this subscriber matches.
+                    while let Some(event) = pending.pop_front() {
+                        chunk.offer(&event);
+                        if chunk.bytes >= MAX_CHUNK {
+                            if let Some((frames, count, oldest)) = chunk.take() {
+                                if let Some(oldest) = oldest {
+                                    latency.record(oldest.elapsed().as_secs_f64());
+                                }
+                                session.delivered += count;
+                                yield frames;
+                            }
+                        }
+                    }
+                    if pending.capacity() > 1024 {
+                        pending = VecDeque::new();
+                    }
+                    if let Some((frames, count, oldest)) = chunk.take() {
+                        if let Some(oldest) = oldest {
+                            latency.record(oldest.elapsed().as_secs_f64());
+                        }
                         session.delivered += count;
                         heartbeat.reset();
-                        yield Ok(bytes);
+                        yield frames;
                     }
                 }
-                _ = heartbeat.tick() => yield Ok(heartbeat_frame.clone()),
+                _ = heartbeat.tick() => yield vec![heartbeat_frame.clone()],
             }
         }
-        if matches!(session.end, EndReason::Lagged) {
-            tracing::warn!(subject = session.subject.as_deref().unwrap_or("-"), "subscriber too slow: disconnected; it will resume from its last event ID");
-        }
+        // Unregister from the hub, then log the session with its end reason.
+        drop(live);
+        drop(session);
     }
 }
 
-/// The frames one wake-up of a subscriber writes at once.
+/// The frames one write carries: shared `Bytes` handles, never copies.
 ///
 /// Delivery counters are shared by all subscribers; to keep their cache line quiet, a
-/// batch adds to them once per run of events with the same counter (a burst of one
+/// chunk adds to them once per run of events with the same counter (a burst of one
 /// source's rows is one run), not once per event.
 #[derive(Default)]
-struct Batch {
-    single: Option<Bytes>,
-    joined: BytesMut,
+struct Chunk {
+    frames: Frames,
+    bytes: usize,
     count: u64,
     oldest: Option<Instant>,
     run: Option<(Arc<Event>, u64)>,
 }
 
-impl Batch {
-    fn offer(&mut self, subscription: &Subscription, event: &Arc<Event>) {
-        if !subscription.wants(event) {
-            return;
-        }
+impl Chunk {
+    /// Adds an event this subscriber wants.
+    fn offer(&mut self, event: &Arc<Event>) {
         match &mut self.run {
             Some((first, n))
                 if first.source == event.source && first.event_type == event.event_type =>
@@ -432,30 +524,24 @@ impl Batch {
             }
         }
         self.count += 1;
+        self.bytes += event.frame.len();
         self.oldest.get_or_insert(event.committed_at);
-        match self.single.take() {
-            None if self.joined.is_empty() => self.single = Some(event.frame.clone()),
-            None => self.joined.extend_from_slice(&event.frame),
-            Some(first) => {
-                self.joined.extend_from_slice(&first);
-                self.joined.extend_from_slice(&event.frame);
-            }
-        }
+        self.frames.push(event.frame.clone());
     }
 
-    fn len(&self) -> usize {
-        self.single.as_ref().map_or(self.joined.len(), Bytes::len)
-    }
-
-    fn finish(mut self) -> Option<(Bytes, u64, Instant)> {
+    /// The frames gathered so far (with the events' count and the oldest commit time),
+    /// leaving the chunk empty; `None` when there is nothing to write.
+    fn take(&mut self) -> Option<(Frames, u64, Option<Instant>)> {
         if let Some((first, n)) = self.run.take() {
             first.delivered.increment(n);
         }
-        let oldest = self.oldest?;
-        let bytes = match self.single {
-            Some(b) => b,
-            None => self.joined.freeze(),
-        };
-        Some((bytes, self.count, oldest))
+        if self.frames.is_empty() {
+            return None;
+        }
+        let frames = std::mem::take(&mut self.frames);
+        let out = (frames, self.count, self.oldest.take());
+        self.bytes = 0;
+        self.count = 0;
+        Some(out)
     }
 }

@@ -1,16 +1,25 @@
 //! The hub: topics, history and fan-out.
 //!
 //! Every event is committed once under a lock that assigns it the next sequence number,
-//! appends it to the bounded [`History`] and sends it on a broadcast ring shared by all
-//! subscribers. A subscriber registers under the same lock, so the history snapshot it
-//! replays and the live events it then receives meet exactly: no gap, no duplicate.
+//! appends it to the bounded [`History`] and routes it through the subscriber [`index`]
+//! to the queues of the subscribers it is for, and only those: the cost of an event
+//! follows its matching subscribers, not the connected ones. A subscriber registers under
+//! the same lock, so the history snapshot it replays and the live events it then receives
+//! meet exactly: no gap, no duplicate.
 //!
-//! The broadcast ring is the per-subscriber queue: a subscriber that falls more than
-//! `hub.subscriber_backlog` events behind is told it lagged and is disconnected, without
-//! slowing anyone else; it reconnects and resumes from its last ID.
+//! Each subscriber's [`queue`] is bounded in events (`hub.subscriber_backlog`) and in
+//! bytes (`hub.subscriber_queue_bytes`): a subscriber that falls behind either bound is
+//! taken out of the index and disconnected, without slowing anyone else; it reconnects
+//! and resumes from its last ID. A subscriber that matches nothing queues nothing, so it
+//! can never lag.
+//!
+//! In-process consumers that want every event (the Matrix alerts) still attach to a
+//! broadcast ring with [`Hub::attach`].
 
 pub mod event;
 pub mod history;
+pub mod index;
+pub mod queue;
 pub mod selector;
 pub mod sse;
 pub mod subscription;
@@ -22,6 +31,7 @@ use tokio::sync::broadcast;
 
 pub use event::{Event, EventDraft};
 pub use history::{History, Replay, ResumeFrom};
+pub use queue::{Lagged, Queue, QueueLimits};
 pub use selector::Selector;
 pub use subscription::Subscription;
 
@@ -29,7 +39,11 @@ pub use subscription::Subscription;
 pub struct Hub {
     inner: Mutex<HubInner>,
     sender: broadcast::Sender<Arc<Event>>,
+    limits: QueueLimits,
 }
+
+/// Default of `hub.subscriber_queue_bytes`: live frames one subscriber may have queued.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 struct HubInner {
     next_seq: u64,
@@ -37,6 +51,44 @@ struct HubInner {
     /// Delivery counters by source, then type: few distinct pairs, many events, so a
     /// lookup borrows the draft's strings and allocates nothing once a pair is known.
     counters: HashMap<String, HashMap<Option<String>, metrics::Counter>>,
+    /// The subscribers by topic and pattern, with their queues.
+    index: index::Index,
+}
+
+/// A subscriber registered with [`Hub::subscribe`]: what to replay, then its live queue.
+pub struct Subscriber {
+    /// Retained events after the requested ID (or all of them), oldest first, not yet
+    /// filtered by the subscription (the stream filters them with
+    /// [`Subscription::wants`] as it writes them).
+    pub replay: Vec<Arc<Event>>,
+    /// The requested ID was not retained (see [`Attach::history_gap`]).
+    pub history_gap: bool,
+    /// Live events for this subscriber, committed after the replay.
+    pub live: Live,
+}
+
+/// A subscriber's live queue; dropping it takes the subscriber out of the hub.
+pub struct Live {
+    hub: Arc<Hub>,
+    id: index::SubscriberId,
+    queue: Arc<Queue>,
+}
+
+impl Live {
+    /// Waits for live events and moves every queued one into `out` (emptied first).
+    /// `Err(Lagged)` once the subscriber fell behind its queue bounds.
+    pub async fn next_events(
+        &self,
+        out: &mut std::collections::VecDeque<Arc<Event>>,
+    ) -> Result<(), Lagged> {
+        self.queue.take_all(out).await
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.hub.lock().index.remove(self.id);
+    }
 }
 
 /// What a new subscriber gets: the events to replay, then the live receiver.
@@ -68,9 +120,51 @@ impl Hub {
                 next_seq: 1,
                 history: History::new(history_size),
                 counters: HashMap::new(),
+                index: index::Index::default(),
             }),
             sender,
+            limits: QueueLimits {
+                events: subscriber_backlog.max(1),
+                bytes: DEFAULT_QUEUE_BYTES,
+            },
         }
+    }
+
+    /// Sets the bytes of live frames one subscriber may have queued before it is
+    /// disconnected as too slow (`hub.subscriber_queue_bytes`).
+    pub fn with_subscriber_queue_bytes(mut self, bytes: usize) -> Self {
+        self.limits.bytes = bytes.max(1);
+        self
+    }
+
+    /// Registers a subscriber resuming from `from`: the retained events to replay and a
+    /// live queue that receives, from the same instant, exactly the events the
+    /// subscription wants (see [`Subscription::wants`]).
+    pub fn subscribe(
+        self: &Arc<Self>,
+        subscription: Subscription,
+        from: &ResumeFrom,
+    ) -> Subscriber {
+        let queue = Arc::new(Queue::new(self.limits));
+        let (id, replay) = {
+            let mut inner = self.lock();
+            let replay = inner.history.replay(from);
+            (inner.index.insert(subscription, queue.clone()), replay)
+        };
+        Subscriber {
+            replay: replay.events,
+            history_gap: replay.gap,
+            live: Live {
+                hub: self.clone(),
+                id,
+                queue,
+            },
+        }
+    }
+
+    /// Number of subscribers registered with [`Hub::subscribe`].
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().index.len()
     }
 
     /// Commits an event: gives it its sequence number, retains it and fans it out.
@@ -100,6 +194,7 @@ impl Hub {
         };
         let event = Arc::new(Event::with_counter(seq, draft, counter));
         inner.history.push(event.clone());
+        inner.index.route(&event);
         // No receiver is not an error: the event is still retained for later resumes.
         let _ = self.sender.send(event.clone());
         Ok(event)
@@ -127,7 +222,8 @@ impl Hub {
         self.lock().history.contains(id)
     }
 
-    /// Number of live receivers (connected subscribers).
+    /// Number of broadcast receivers ([`Hub::attach`]; not the SSE subscribers, see
+    /// [`Hub::subscriber_count`]).
     pub fn receiver_count(&self) -> usize {
         self.sender.receiver_count()
     }
@@ -141,7 +237,176 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Every event queued for a live subscriber so far, without waiting.
+    fn queued(live: &Live) -> Vec<Arc<Event>> {
+        let mut out = VecDeque::new();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let ready = {
+            let mut fut = std::pin::pin!(live.next_events(&mut out));
+            matches!(
+                std::future::Future::poll(fut.as_mut(), &mut cx),
+                std::task::Poll::Ready(Ok(()))
+            )
+        };
+        if ready {
+            out.into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn subscription(selectors: &[String], claims: &Option<Vec<String>>) -> Subscription {
+        let p = |v: &[String]| v.iter().map(|s| Selector::parse(s).unwrap()).collect();
+        Subscription {
+            selectors: p(selectors),
+            claims: claims.as_deref().map(p),
+        }
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "a/1", "a/2", "b/1", "a/1/x", "c/a"])
+            .prop_map(str::to_string)
+    }
+
+    fn selector() -> impl Strategy<Value = String> {
+        prop_oneof![
+            topic(),
+            prop::sample::select(vec!["*", "a/{id}", "{s}/1", "{+all}", "a/{id}/x", "c/{x}"])
+                .prop_map(str::to_string),
+        ]
+    }
+
+    /// One subscriber: its selectors, its claims, and after how many events it joins.
+    type SubSpec = (Vec<String>, Option<Vec<String>>, usize);
+
+    fn subscriber_spec() -> impl Strategy<Value = SubSpec> {
+        (
+            prop::collection::vec(selector(), 1..4),
+            prop::option::of(prop::collection::vec(selector(), 0..3)),
+            0usize..12,
+        )
+    }
+
+    fn event_spec() -> impl Strategy<Value = (Vec<String>, bool)> {
+        (prop::collection::vec(topic(), 1..4), any::<bool>())
+    }
+
+    proptest! {
+        /// The indexed hub delivers to each subscriber exactly the events the old rule
+        /// (every subscriber checks every event with `Subscription::wants`) would, in
+        /// order, each once, from the moment it subscribed.
+        #[test]
+        fn indexed_delivery_equals_every_subscriber_checking(
+            subs in prop::collection::vec(subscriber_spec(), 1..12),
+            events in prop::collection::vec(event_spec(), 0..12),
+        ) {
+            let hub = Arc::new(Hub::new(100, 1000));
+            let mut live: Vec<(Subscription, usize, Live)> = Vec::new();
+            let mut committed: Vec<Arc<Event>> = Vec::new();
+            for step in 0..=events.len() {
+                for (selectors, claims, join) in &subs {
+                    if *join == step || (step == events.len() && *join > step) {
+                        let s = subscription(selectors, claims);
+                        let attached = hub.subscribe(s.clone(), &ResumeFrom::Now);
+                        prop_assert!(attached.replay.is_empty());
+                        live.push((s, committed.len(), attached.live));
+                    }
+                }
+                if let Some((topics, private)) = events.get(step) {
+                    let draft = EventDraft::new(topics.clone(), "d")
+                        .with_id(format!("e{step}"))
+                        .private(*private);
+                    committed.push(hub.commit(draft).unwrap());
+                }
+            }
+            prop_assert_eq!(hub.subscriber_count(), live.len());
+            for (s, from, l) in &live {
+                let got: Vec<String> = queued(l).iter().map(|e| e.id.clone()).collect();
+                let expected: Vec<String> = committed[*from..]
+                    .iter()
+                    .filter(|e| s.wants(e))
+                    .map(|e| e.id.clone())
+                    .collect();
+                prop_assert_eq!(got, expected, "selectors {:?}", s.selectors);
+            }
+            drop(live);
+            prop_assert_eq!(hub.subscriber_count(), 0);
+        }
+    }
+
+    #[test]
+    fn subscribe_then_commit_has_no_gap_and_no_duplicate() {
+        let hub = Arc::new(Hub::new(10, 16));
+        hub.commit(draft("a")).unwrap();
+        hub.commit(draft("b")).unwrap();
+        let sub = Subscription {
+            selectors: vec![Selector::Any],
+            claims: None,
+        };
+        let s = hub.subscribe(sub, &ResumeFrom::After("a".into()));
+        assert_eq!(
+            s.replay.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        hub.commit(draft("c")).unwrap();
+        let live: Vec<_> = queued(&s.live).iter().map(|e| e.id.clone()).collect();
+        assert_eq!(live, ["c"]);
+    }
+
+    #[test]
+    fn unsubscribing_while_publishing_loses_nothing_for_the_others() {
+        let hub = Arc::new(Hub::new(10, 100_000));
+        let stay = hub.subscribe(
+            Subscription {
+                selectors: vec![Selector::parse("t/{x}").unwrap()],
+                claims: None,
+            },
+            &ResumeFrom::Now,
+        );
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for i in 0..5000 {
+                    hub.commit(
+                        EventDraft::new(vec![format!("t/{}", i % 7)], "x").with_id(format!("e{i}")),
+                    )
+                    .unwrap();
+                }
+            })
+        };
+        let churn = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000 {
+                    let s = hub.subscribe(
+                        Subscription {
+                            selectors: vec![
+                                Selector::parse(&format!("t/{}", i % 7)).unwrap(),
+                                Selector::parse("t/{x}").unwrap(),
+                                Selector::Any,
+                            ],
+                            claims: None,
+                        },
+                        &ResumeFrom::Now,
+                    );
+                    drop(s);
+                }
+            })
+        };
+        publisher.join().unwrap();
+        churn.join().unwrap();
+        assert_eq!(hub.subscriber_count(), 1);
+        let got: Vec<_> = queued(&stay.live).iter().map(|e| e.id.clone()).collect();
+        let expected: Vec<_> = (0..5000).map(|i| format!("e{i}")).collect();
+        assert_eq!(got, expected);
+    }
 
     fn draft(id: &str) -> EventDraft {
         EventDraft::new(vec!["t".into()], "x").with_id(id)

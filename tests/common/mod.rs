@@ -111,6 +111,11 @@ impl Relais {
         self.child.wait().expect("wait")
     }
 
+    /// The process ID (for memory figures read from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether a log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))

@@ -195,6 +195,7 @@ cargo_stub_layer() {
   local dir=$WORK/stub
   mkdir -p "$dir"
   cp Cargo.toml Cargo.lock "$dir/"
+  mkdir -p "$dir/bench" && cp bench/Cargo.toml "$dir/bench/"
   sh deploy/cargo-stub-targets.sh "$dir"
   (cd "$dir" && cargo build --release --locked --target-dir /dev/null/relais-stub-check) >"$WORK/stub.out" 2>&1 || true
   if grep -q -E "can't find|target resolution|no targets specified" "$WORK/stub.out" || ! grep -q 'os error' "$WORK/stub.out"; then

@@ -1,7 +1,8 @@
 //! The publishing side: Grist-like rows (the CEREMA `Interventions` table, with
 //! `manualSort` and a sequence marker in `Commentaire` so every row is a change), the
-//! three ways of sending them (Mercure publish, Grist webhook, Pushpin's HTTP publish
-//! endpoint) and the `burst` / `trickle` / `idle` loops.
+//! ways of sending them (Mercure publish, Grist webhook, Pushpin's HTTP publish endpoint,
+//! the `bare` peer's publish endpoint) and the `burst` / `trickle` / `topics` / `idle`
+//! loops.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,6 +43,37 @@ pub fn row(seq: u64, row_id: u64) -> serde_json::Value {
     })
 }
 
+/// The topic of topic number `k` (0-based): the Grist source's default
+/// `interventions/{id}` of the row whose `id` is `k + 1`.
+pub fn topic_of(k: u64) -> String {
+    format!("interventions/INT-2024-{:03}", k + 1)
+}
+
+/// The topic the warm-up event goes to (every subscriber listens to it).
+pub const WARM_TOPIC: &str = "https://relais.bench/warm-up";
+
+/// The row id of event `seq`: topics spread events over the T topics; the other
+/// workloads update rows 1..=100 over and over.
+pub fn row_id(seq: u64, topics: Option<u64>) -> u64 {
+    seq % topics.unwrap_or(100) + 1
+}
+
+/// Deliveries that events `0..events` make when `subscribers` are spread over `topics`
+/// (subscriber i on topic i mod T, event s on topic s mod T), or reach everyone.
+pub fn expected_deliveries(events: u64, subscribers: u64, topics: Option<u64>) -> u64 {
+    match topics {
+        None => events * subscribers,
+        Some(t) => {
+            let t = t.max(1);
+            let on = |j: u64| subscribers / t + u64::from(j < subscribers % t);
+            let (cycles, rest) = (events / t, events % t);
+            // Topics numbered `subscribers` and above have nobody when T > subscribers.
+            let partial: u64 = (0..rest.min(subscribers)).map(on).sum();
+            cycles * subscribers + partial
+        }
+    }
+}
+
 /// How events are sent to the server under test.
 pub enum Sender {
     /// relais, one Mercure publish per event.
@@ -50,6 +82,8 @@ pub enum Sender {
         http: Http1,
         /// `Bearer <publish token>`.
         auth: String,
+        /// `topics`: the topic count.
+        topics: Option<u64>,
     },
     /// relais, one Grist webhook per batch (warm-up events go through Mercure).
     Grist {
@@ -61,6 +95,8 @@ pub enum Sender {
         hook_auth: String,
         /// `Bearer <publish token>` for warm-up events.
         auth: String,
+        /// `topics`: the topic count.
+        topics: Option<u64>,
     },
     /// Pushpin's HTTP publish endpoint, one request per batch.
     Pushpin {
@@ -68,6 +104,15 @@ pub enum Sender {
         http: Http1,
         /// The GRIP channel subscribers hold.
         channel: String,
+        /// `topics`: events go to channel `topic_of(seq mod T)` instead.
+        topics: Option<u64>,
+    },
+    /// The `bare` peer: pre-encoded frames with their topic, one request per batch.
+    Bare {
+        /// Keep-alive connection to the bare server.
+        http: Http1,
+        /// `topics`: the topic count, else every event goes to every subscriber.
+        topics: Option<u64>,
     },
 }
 
@@ -109,6 +154,15 @@ async fn mercure_publish(
 }
 
 impl Sender {
+    fn topic_count(&self) -> Option<u64> {
+        match self {
+            Sender::Mercure { topics, .. }
+            | Sender::Grist { topics, .. }
+            | Sender::Pushpin { topics, .. }
+            | Sender::Bare { topics, .. } => *topics,
+        }
+    }
+
     /// Sends events `first..first + count` as one batch (one request, or `count`
     /// Mercure publishes back to back), marking each send time.
     pub async fn publish(
@@ -117,13 +171,14 @@ impl Sender {
         first: u64,
         count: usize,
     ) -> Result<(), String> {
+        let topics = self.topic_count();
         let rows: Vec<(u64, serde_json::Value)> = (first..first + count as u64)
-            .map(|seq| (seq, row(seq, seq % 100 + 1)))
+            .map(|seq| (seq, row(seq, row_id(seq, topics))))
             .collect();
         match self {
-            Sender::Mercure { http, auth } => {
+            Sender::Mercure { http, auth, .. } => {
                 for (seq, row) in rows {
-                    let topic = format!("https://relais.bench/interventions/{}", row["id"]);
+                    let topic = topic_of(row_id(seq, topics) - 1);
                     let data = row.to_string();
                     shared.send_log.mark(seq, shared.clock.now_ns());
                     mercure_publish(http, auth, &topic, &data).await?;
@@ -158,10 +213,38 @@ impl Sender {
                 shared.sent.fetch_add(count as u64, Ordering::Relaxed);
                 Ok(())
             }
-            Sender::Pushpin { http, channel } => {
+            Sender::Bare { http, topics } => {
+                let mut body = Vec::with_capacity(rows.len() * 512);
+                for (seq, row) in &rows {
+                    let topic = match topics {
+                        Some(t) => topic_of(seq % *t),
+                        None => "*".to_string(),
+                    };
+                    let frame = format!("id: {seq}\nevent: intervention\ndata: {row}\n\n");
+                    body.extend_from_slice(format!("{topic}\n{}\n", frame.len()).as_bytes());
+                    body.extend_from_slice(frame.as_bytes());
+                }
+                let now = shared.clock.now_ns();
+                for (seq, _) in &rows {
+                    shared.send_log.mark(*seq, now);
+                }
+                let r = http.request("POST", "/publish", &[], &body).await?;
+                expect_2xx(r, "bare publish")?;
+                shared.sent.fetch_add(count as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Sender::Pushpin {
+                http,
+                channel,
+                topics,
+            } => {
                 let items: Vec<serde_json::Value> = rows
                     .iter()
                     .map(|(seq, row)| {
+                        let channel = match topics {
+                            Some(t) => topic_of(seq % *t),
+                            None => channel.clone(),
+                        };
                         json!({
                             "channel": channel,
                             "id": seq.to_string(),
@@ -193,10 +276,18 @@ impl Sender {
     /// Sends one warm-up event (not counted), to learn that every subscription is live.
     pub async fn warm(&mut self) -> Result<(), String> {
         match self {
-            Sender::Mercure { http, auth } | Sender::Grist { http, auth, .. } => {
-                mercure_publish(http, auth, "https://relais.bench/warm-up", "BWARM").await
+            Sender::Mercure { http, auth, .. } | Sender::Grist { http, auth, .. } => {
+                mercure_publish(http, auth, WARM_TOPIC, "BWARM").await
             }
-            Sender::Pushpin { http, channel } => {
+            Sender::Bare { http, .. } => {
+                let frame = "event: warm\ndata: BWARM\n\n";
+                let body = format!("{WARM_TOPIC}\n{}\n{frame}", frame.len());
+                let r = http
+                    .request("POST", "/publish", &[], body.as_bytes())
+                    .await?;
+                expect_2xx(r, "bare publish")
+            }
+            Sender::Pushpin { http, channel, .. } => {
                 let body = json!({"items": [{"channel": channel,
                     "formats": {"http-stream": {"content": "event: warm\ndata: BWARM\n\n"}}}]});
                 let r = http
@@ -270,8 +361,10 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
                 seq += 1;
             }
         }
-        Workload::Burst => {
-            let batch = args.batch.max(1);
+        Workload::Burst | Workload::Topics => {
+            let topics = args.topic_count();
+            // A Grist batch holds distinct rows: at most one event per topic.
+            let batch = args.batch.max(1).min(topics.unwrap_or(u64::MAX) as usize);
             let mut batches: u64 = 0;
             while Instant::now() < deadline && seq as usize + batch <= MAX_EVENTS {
                 if let Some(rate) = args.rate {
@@ -282,7 +375,8 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
                     tokio::time::sleep_until(at.into()).await;
                 } else if batches >= args.window as u64 {
                     let older = (batches - args.window as u64) * batch as u64;
-                    if !wait_delivered(shared, older * subscribers, args.drain).await {
+                    let target = expected_deliveries(older, subscribers, topics);
+                    if !wait_delivered(shared, target, args.drain).await {
                         out.stopped_early = Some(format!(
                             "deliveries stalled for {:?} with batches in flight",
                             args.drain
@@ -303,4 +397,22 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
     out.events = shared.sent.load(Ordering::Relaxed);
     out.end_ns = shared.clock.now_ns();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_deliveries_follow_the_topics() {
+        assert_eq!(expected_deliveries(10, 5, None), 50);
+        // 10 subscribers on 10 topics: one each.
+        assert_eq!(expected_deliveries(25, 10, Some(10)), 25);
+        // 10 subscribers on 4 topics: 3, 3, 2, 2.
+        assert_eq!(expected_deliveries(4, 10, Some(4)), 10);
+        assert_eq!(expected_deliveries(6, 10, Some(4)), 16);
+        // 3 subscribers on 10 topics: events to topics 3..9 reach nobody.
+        assert_eq!(expected_deliveries(10, 3, Some(10)), 3);
+        assert_eq!(expected_deliveries(12, 3, Some(10)), 5);
+    }
 }

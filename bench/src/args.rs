@@ -16,9 +16,16 @@ pub struct Args {
     pub subscribers: usize,
 
     /// What to publish: `burst` (batches of 100 Grist-like rows), `trickle` (single
-    /// events at --rate), `idle` (connections only, to measure memory per connection).
+    /// events at --rate), `topics` (subscriber i on topic i mod --topics, batches of rows
+    /// spread over the topics: selective delivery), `idle` (connections only, to measure
+    /// memory per connection).
     #[arg(long, value_enum, default_value_t = Workload::Trickle)]
     pub workload: Workload,
+
+    /// `topics`: number of distinct topics T (subscriber i listens to topic i mod T;
+    /// event s goes to topic s mod T).
+    #[arg(long, default_value_t = 100)]
+    pub topics: u64,
 
     /// Events per second. `trickle`: the steady publishing rate (default 100). `burst`:
     /// caps the rate (batches/s = rate / batch size); without it batches are sent back
@@ -44,9 +51,16 @@ pub struct Args {
     #[arg(long)]
     pub redis: Option<String>,
 
-    /// Also run the same workload against this peer and print the ratios.
-    #[arg(long, value_enum)]
-    pub peer: Option<Peer>,
+    /// Also run the same workload against these peers, in this order, and print the
+    /// ratio relais/peer of every figure (`--peer bare --peer pushpin`, or
+    /// `--peer bare,pushpin`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub peer: Vec<Peer>,
+
+    /// Internal: run as the `bare` peer's server process (started by the benchmark
+    /// itself) and print its address.
+    #[arg(long, hide = true)]
+    pub serve_bare: bool,
 
     /// Print the summary as one JSON object on stdout instead of the table.
     #[arg(long)]
@@ -122,6 +136,8 @@ pub enum Workload {
     Burst,
     /// Single events at a steady rate.
     Trickle,
+    /// Subscribers spread over `--topics` topics, events spread over them.
+    Topics,
     /// Connections only.
     Idle,
 }
@@ -132,6 +148,7 @@ impl Workload {
         match self {
             Workload::Burst => "burst",
             Workload::Trickle => "trickle",
+            Workload::Topics => "topics",
             Workload::Idle => "idle",
         }
     }
@@ -140,8 +157,22 @@ impl Workload {
 /// Servers the benchmark can compare relais with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Peer {
+    /// A minimal tokio server started by the benchmark (its own binary, as a child
+    /// process) that accepts the same subscribers and only writes pre-encoded events to
+    /// their sockets: this machine's limit.
+    Bare,
     /// Pushpin (Debian package), with a GRIP backend inside the benchmark.
     Pushpin,
+}
+
+impl Peer {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Bare => "bare",
+            Peer::Pushpin => "pushpin",
+        }
+    }
 }
 
 /// Ways of getting events into relais.
@@ -158,8 +189,16 @@ impl Args {
     pub fn effective_rate(&self) -> Option<f64> {
         match self.workload {
             Workload::Trickle => Some(self.rate.unwrap_or(100.0)),
-            Workload::Burst => self.rate,
+            Workload::Burst | Workload::Topics => self.rate,
             Workload::Idle => None,
         }
+    }
+}
+
+impl Args {
+    /// Topics the subscribers are spread over: `--topics` for `topics`, else none (every
+    /// subscriber receives every event).
+    pub fn topic_count(&self) -> Option<u64> {
+        (self.workload == Workload::Topics).then_some(self.topics.max(1))
     }
 }

@@ -174,16 +174,36 @@ impl RelaisTarget {
             logs,
         })
     }
+}
 
-    /// The subscribers' request.
-    pub fn subscribe_request(&self) -> Vec<u8> {
+/// What a subscriber's request to relais is made of.
+pub struct SubscribeRequest {
+    /// relais's address.
+    pub addr: SocketAddr,
+    /// The subscribe token.
+    pub token: String,
+}
+
+impl SubscribeRequest {
+    /// The request: `topic=*`, or `topic` and the warm-up topic.
+    pub fn build(&self, topic: Option<&str>) -> Vec<u8> {
+        let selectors = match topic {
+            Some(t) => format!(
+                "topic={}&topic={}",
+                query_escape(t),
+                query_escape(crate::workload::WARM_TOPIC)
+            ),
+            None => "topic=*".into(),
+        };
         format!(
-            "GET /.well-known/mercure?topic=* HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {}\r\n\r\n",
-            self.addr, self.subscribe_token
+            "GET /.well-known/mercure?{selectors} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.addr, self.token
         )
         .into_bytes()
     }
+}
 
+impl RelaisTarget {
     /// Stops relais (SIGTERM, then SIGKILL after 10 s) if the benchmark started it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -199,4 +219,9 @@ impl Drop for RelaisTarget {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Percent-encodes a query value.
+fn query_escape(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

@@ -108,15 +108,38 @@ stats_format=tnetstring
     Ok((http, publish))
 }
 
+/// A subscriber's request to Pushpin at `addr`: every event, or those of `topic` (and
+/// the warm-up events).
+pub fn subscribe_request(addr: SocketAddr, topic: Option<&str>) -> Vec<u8> {
+    let query = topic.map(|t| format!("?topic={t}")).unwrap_or_default();
+    format!("GET /events{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+        .into_bytes()
+}
+
+/// The GRIP channels of a request: its `topic=` value (the `topics` workload) and
+/// [`CHANNEL`], which every subscriber holds (warm-up events, the other workloads).
+fn channels(head: &[u8]) -> String {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let topic = line
+        .split(['?', '&', ' '])
+        .find_map(|part| part.strip_prefix("topic="));
+    match topic {
+        Some(t) => format!("{t}, {CHANNEL}"),
+        None => CHANNEL.to_string(),
+    }
+}
+
 /// Answers one backend connection (requests may come keep-alive through zurl).
 async fn serve_backend(mut stream: TcpStream) {
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: {CHANNEL}\r\nCache-Control: no-cache\r\nContent-Length: 13\r\n\r\nretry: 2000\n\n"
-    );
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         while let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nGrip-Hold: stream\r\nGrip-Channel: {}\r\nCache-Control: no-cache\r\nContent-Length: 13\r\n\r\nretry: 2000\n\n",
+                channels(&buf[..end])
+            );
             buf.drain(..end + 4);
             if stream.write_all(response.as_bytes()).await.is_err() {
                 return;
@@ -214,7 +237,7 @@ impl PushpinTarget {
         }
         // The ports open before the proxy, zurl and the handler are wired together: wait
         // until a subscription really goes through to the backend and back.
-        let request = target.subscribe_request();
+        let request = target.subscribe_request(None);
         let start = Instant::now();
         while !probe(target.http_addr, &request).await {
             if start.elapsed() > Duration::from_secs(30) {
@@ -232,12 +255,8 @@ impl PushpinTarget {
     }
 
     /// The subscribers' request.
-    pub fn subscribe_request(&self) -> Vec<u8> {
-        format!(
-            "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            self.http_addr
-        )
-        .into_bytes()
+    pub fn subscribe_request(&self, topic: Option<&str>) -> Vec<u8> {
+        subscribe_request(self.http_addr, topic)
     }
 
     /// Stops Pushpin (SIGTERM to the runner, which stops its services) and the backend.

@@ -1,5 +1,6 @@
-//! The figures of one run, the side-by-side table with the relais/peer ratios, the
-//! one-line summary, and the `--json` object.
+//! The figures of one run, the side-by-side table with the relais/peer ratio of every
+//! figure for each peer (`bare`, `pushpin`), the one-line summary, and the `--json`
+//! object.
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -39,6 +40,8 @@ pub struct Figures {
     pub cpu_seconds_server: f64,
     /// Benchmark CPU time during the workload, seconds.
     pub cpu_seconds_bench: f64,
+    /// Server CPU seconds per 1,000 deliveries (server CPU / deliveries × 1,000).
+    pub cpu_seconds_per_1000_deliveries: f64,
     /// Events some subscriber never received (summed over subscribers).
     pub lost: u64,
     /// Repeated receipts (summed over subscribers).
@@ -68,6 +71,11 @@ const COMPARED: &[(&str, &str, bool)] = &[
     ("rss_bytes", "server RSS bytes", false),
     ("rss_per_connection_bytes", "RSS/connection bytes", false),
     ("cpu_seconds_server", "server CPU s", false),
+    (
+        "cpu_seconds_per_1000_deliveries",
+        "server CPU s/1k deliv.",
+        false,
+    ),
     ("cpu_seconds_bench", "bench CPU s", false),
     ("lost", "lost", false),
     ("duplicated", "duplicated", false),
@@ -85,6 +93,7 @@ fn value(f: &Figures, key: &str) -> f64 {
         "rss_bytes" => f.rss_bytes as f64,
         "rss_per_connection_bytes" => f.rss_per_connection_bytes,
         "cpu_seconds_server" => f.cpu_seconds_server,
+        "cpu_seconds_per_1000_deliveries" => f.cpu_seconds_per_1000_deliveries,
         "cpu_seconds_bench" => f.cpu_seconds_bench,
         "lost" => f.lost as f64,
         "duplicated" => f.duplicated as f64,
@@ -112,15 +121,18 @@ fn figures_json(f: &Figures, cpu_key: &str) -> Map<String, Value> {
     m
 }
 
-/// The `--json` object: relais's figures at the top, the peer's under `peer` with the
-/// relais/peer `ratio` of each figure beside them.
-pub fn json(args: &Args, ingest: &str, relais: &Figures, peer: Option<(&str, &Figures)>) -> Value {
+/// The `--json` object: relais's figures at the top; each peer's under `peers.NAME` with
+/// the relais/peer `ratio` of each figure beside them; the first peer also under `peer`
+/// (as before there were several).
+pub fn json(args: &Args, ingest: &str, relais: &Figures, peers: &[(&str, &Figures)]) -> Value {
     let mut top = figures_json(relais, "cpu_seconds_relais");
     top.insert("target".into(), json!("relais"));
     top.insert("ingest".into(), json!(ingest));
     top.insert("rate".into(), json!(args.effective_rate()));
     top.insert("duration_secs".into(), json!(args.duration.as_secs_f64()));
-    if let Some((name, p)) = peer {
+    top.insert("topics".into(), json!(args.topic_count()));
+    let mut all = Map::new();
+    for (name, p) in peers {
         let mut pm = figures_json(p, &format!("cpu_seconds_{name}"));
         pm.insert("name".into(), json!(name));
         let mut ratios = Map::new();
@@ -133,8 +145,12 @@ pub fn json(args: &Args, ingest: &str, relais: &Figures, peer: Option<(&str, &Fi
             ratios.insert(k.into(), json!(ratio(value(relais, key), value(p, key))));
         }
         pm.insert("ratio".into(), Value::Object(ratios));
-        top.insert("peer".into(), Value::Object(pm));
+        if !top.contains_key("peer") {
+            top.insert("peer".into(), Value::Object(pm.clone()));
+        }
+        all.insert((*name).into(), Value::Object(pm));
     }
+    top.insert("peers".into(), Value::Object(all));
     Value::Object(top)
 }
 
@@ -157,73 +173,68 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-/// The side-by-side table (or one column without a peer).
-pub fn table(
-    args: &Args,
-    ingest: &str,
-    relais: &Figures,
-    peer: Option<(&str, &Figures)>,
-) -> String {
+/// A count row of the table: its label and how to read it.
+type Count = (&'static str, fn(&Figures) -> u64);
+
+/// The side-by-side table: relais, then each peer and the ratio relais/peer.
+pub fn table(args: &Args, ingest: &str, relais: &Figures, peers: &[(&str, &Figures)]) -> String {
     let mut out = String::new();
     let rate = args
         .effective_rate()
         .map(|r| format!(", {r} events/s"))
         .unwrap_or_default();
+    let topics = args
+        .topic_count()
+        .map(|t| format!(", {t} topics"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "relais-bench: {} workload, {} subscribers, {:?}{rate}, ingest {ingest}\n",
+        "relais-bench: {} workload, {} subscribers{topics}, {:?}{rate}, ingest {ingest}\n",
         relais.workload, args.subscribers, args.duration
     ));
-    let peer_name = peer.map(|(n, _)| n).unwrap_or("");
-    out.push_str(&format!(
-        "{:<24} {:>16} {:>16} {:>16}\n",
-        "figure",
-        "relais",
-        peer_name,
-        if peer.is_some() {
-            format!("relais/{peer_name}")
-        } else {
-            String::new()
+    let mut header = format!("{:<24} {:>14}", "figure", "relais");
+    for (name, _) in peers {
+        header.push_str(&format!(" {:>14} {:>14}", name, format!("relais/{name}")));
+    }
+    out.push_str(header.trim_end());
+    out.push('\n');
+    let mut line = |label: &str, a: String, cells: Vec<(String, String)>| {
+        let mut l = format!("{label:<24} {a:>14}");
+        for (b, r) in cells {
+            l.push_str(&format!(" {b:>14} {r:>14}"));
         }
-    ));
-    let mut row = |label: &str, a: String, b: String, r: String| {
-        out.push_str(&format!("{label:<24} {a:>16} {b:>16} {r:>16}\n"));
+        out.push_str(l.trim_end());
+        out.push('\n');
     };
-    row(
-        "subscribers",
-        fmt_num(relais.subscribers as f64),
-        peer.map(|(_, p)| fmt_num(p.subscribers as f64))
-            .unwrap_or_default(),
-        String::new(),
-    );
-    row(
-        "events",
-        fmt_num(relais.events as f64),
-        peer.map(|(_, p)| fmt_num(p.events as f64))
-            .unwrap_or_default(),
-        String::new(),
-    );
-    row(
-        "deliveries",
-        fmt_num(relais.deliveries as f64),
-        peer.map(|(_, p)| fmt_num(p.deliveries as f64))
-            .unwrap_or_default(),
-        String::new(),
-    );
+    let counts: [Count; 3] = [
+        ("subscribers", |f| f.subscribers),
+        ("events", |f| f.events),
+        ("deliveries", |f| f.deliveries),
+    ];
+    for (label, get) in counts {
+        line(
+            label,
+            fmt_num(get(relais) as f64),
+            peers
+                .iter()
+                .map(|(_, p)| (fmt_num(get(p) as f64), String::new()))
+                .collect(),
+        );
+    }
     for (key, label, higher_better) in COMPARED {
         let a = value(relais, key);
-        let (b, r) = match peer {
-            Some((_, p)) => {
+        let cells = peers
+            .iter()
+            .map(|(_, p)| {
                 let b = value(p, key);
                 let r = ratio(a, b)
                     .map(|r| format!("{r:.2}{}", if *higher_better { " ↑" } else { " ↓" }))
                     .unwrap_or_else(|| "-".into());
                 (fmt_num(b), r)
-            }
-            None => (String::new(), String::new()),
-        };
-        row(label, fmt_num(a), b, r);
+            })
+            .collect();
+        line(label, fmt_num(a), cells);
     }
-    for (name, f) in std::iter::once(("relais", relais)).chain(peer) {
+    for (name, f) in std::iter::once(("relais", relais)).chain(peers.iter().copied()) {
         if f.connect_errors > 0 || f.streams_closed > 0 || f.streams_reopened > 0 {
             out.push_str(&format!(
                 "{name}: {} connect errors, {} streams closed early, {} streams reopened before warm-up\n",
@@ -234,7 +245,7 @@ pub fn table(
             out.push_str(&format!("{name}: {note}\n"));
         }
     }
-    if peer.is_some() {
+    if !peers.is_empty() {
         out.push_str("(ratio = relais / peer; ↑ higher is better, ↓ lower is better)\n");
     }
     out
@@ -242,7 +253,7 @@ pub fn table(
 
 fn one(f: &Figures) -> String {
     format!(
-        "{} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} connects/s, {:.0} B/conn, lost {}, duplicated {}",
+        "{} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} connects/s, {:.0} B/conn, CPU {:.4} s/1k deliveries, lost {}, duplicated {}",
         fmt_num(f.deliveries_per_sec),
         f.latency_p50_ms,
         f.latency_p99_ms,
@@ -250,24 +261,37 @@ fn one(f: &Figures) -> String {
         f.latency_max_ms,
         fmt_num(f.connect_per_sec),
         f.rss_per_connection_bytes,
+        f.cpu_seconds_per_1000_deliveries,
         f.lost,
         f.duplicated
     )
 }
 
 /// The one-line summary printed at the end.
-pub fn summary(relais: &Figures, peer: Option<(&str, &Figures)>) -> String {
+pub fn summary(relais: &Figures, peers: &[(&str, &Figures)]) -> String {
     let mut s = format!(
         "summary: {} x{}: relais {}",
         relais.workload,
         relais.subscribers,
         one(relais)
     );
-    if let Some((name, p)) = peer {
+    for (name, p) in peers {
         s.push_str(&format!(" | {name} {}", one(p)));
-        if let Some(r) = ratio(relais.deliveries_per_sec, p.deliveries_per_sec) {
-            s.push_str(&format!(" | deliveries ratio {r:.2}x"));
-        }
+    }
+    for (name, p) in peers {
+        let r = |key: &str| {
+            ratio(value(relais, key), value(p, key))
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        s.push_str(&format!(
+            " | relais/{name}: deliveries/s {}x, p50 {}x, p99 {}x, RSS/conn {}x, CPU/1k {}x",
+            r("deliveries_per_sec"),
+            r("latency_p50_ms"),
+            r("latency_p99_ms"),
+            r("rss_per_connection_bytes"),
+            r("cpu_seconds_per_1000_deliveries"),
+        ));
     }
     s
 }

@@ -290,6 +290,14 @@ impl Tracker {
         true
     }
 
+    /// How many distinct sequences below `total` arrived.
+    pub fn received(&self, total: u64) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(s, e)| e.min(total).saturating_sub(s.min(total)))
+            .sum()
+    }
+
     /// How many of the sequences `0..total` never arrived.
     pub fn missing(&self, total: u64) -> u64 {
         let got: u64 = self

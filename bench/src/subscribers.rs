@@ -81,17 +81,22 @@ impl Shared {
     }
 }
 
+/// The complete `GET` request of subscriber `i`.
+pub type RequestFor = Arc<dyn Fn(usize) -> Vec<u8> + Send + Sync>;
+
 /// Where subscribers connect and what they send.
 #[derive(Clone)]
 pub struct Endpoint {
     /// Server address.
     pub addr: SocketAddr,
-    /// The complete `GET` request.
-    pub request: Arc<Vec<u8>>,
+    /// The request of each subscriber (they differ by topic in `topics`).
+    pub request: RequestFor,
 }
 
 /// What one subscriber saw.
 pub struct Outcome {
+    /// The subscriber's number (its topic in `topics` is `index mod T`).
+    pub index: usize,
     /// Sequences received.
     pub tracker: Tracker,
     /// Whether it received the warm-up event (it is then one of the measured ones).
@@ -144,6 +149,7 @@ impl Subscribers {
 }
 
 async fn connect(
+    index: usize,
     source: Ipv4Addr,
     endpoint: &Endpoint,
     buf: &mut Vec<u8>,
@@ -159,7 +165,7 @@ async fn connect(
         .await
         .map_err(|e| format!("connect {} from {source}: {e}", endpoint.addr))?;
     stream
-        .write_all(&endpoint.request)
+        .write_all(&(endpoint.request)(index))
         .await
         .map_err(|e| format!("write request: {e}"))?;
     let mut chunk = [0u8; 4096];
@@ -212,10 +218,12 @@ async fn run(
     for attempt in 1..=ATTEMPTS {
         let mut pending = Vec::new();
         let permit = gate.acquire().await;
-        let attempt_result =
-            tokio::time::timeout(CONNECT_TIMEOUT, connect(source, &endpoint, &mut pending))
-                .await
-                .unwrap_or_else(|_| Err(format!("no response head within {CONNECT_TIMEOUT:?}")));
+        let attempt_result = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect(index, source, &endpoint, &mut pending),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("no response head within {CONNECT_TIMEOUT:?}")));
         let (mut stream, mut dechunker) = match attempt_result {
             Ok(ok) => ok,
             Err(e) if attempt < ATTEMPTS && !counted && !stop.is_cancelled() => {
@@ -265,6 +273,7 @@ async fn run(
     }
     shared.latencies.flush(index, &mut sub.samples);
     Outcome {
+        index,
         tracker: sub.tracker,
         warmed: sub.saw_warm,
     }

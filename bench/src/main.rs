@@ -3,11 +3,13 @@
 //! It starts (or targets) a relais, opens N SSE subscribers, publishes a named workload,
 //! and measures deliveries per second, end-to-end latency (HDR histogram), connect rate,
 //! server memory per connection, CPU of the server and of itself, and lost or duplicated
-//! events; with `--peer pushpin` it does the same against Pushpin in the same run and
-//! prints the ratios. Progress goes to stderr once a second; the table or `--json` to
-//! stdout.
+//! events; with `--peer bare` (a minimal server of its own: the machine's limit) and
+//! `--peer pushpin` it does the same against those in the same run and prints the ratio
+//! relais/peer of every figure. Progress goes to stderr once a second; the table or
+//! `--json` to stdout.
 
 mod args;
+mod bare;
 mod http1;
 mod latency;
 mod procstat;
@@ -25,14 +27,17 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use args::{Args, Ingest, Workload};
+use args::{Args, Ingest, Peer, Workload};
 use http1::Http1;
 use report::Figures;
-use subscribers::{Endpoint, Shared, Subscribers};
-use workload::Sender;
+use subscribers::{Endpoint, RequestFor, Shared, Subscribers};
+use workload::{topic_of, Sender};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.serve_bare {
+        return serve_bare();
+    }
     let nofile = procstat::raise_nofile();
     // Each subscriber needs one descriptor here and one in the server; keep some spare.
     if args.subscribers as u64 + 200 > nofile {
@@ -59,6 +64,43 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("relais-bench: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `bare` peer's server process (see [`bare`]).
+fn serve_bare() -> ExitCode {
+    procstat::raise_nofile();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("relais-bench bare: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bare::serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relais-bench bare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The request of subscriber `i`, given how a target spells a subscription to a topic
+/// (`None`: every event).
+fn requests(
+    args: &Args,
+    make: impl Fn(Option<&str>) -> Vec<u8> + Send + Sync + 'static,
+) -> RequestFor {
+    match args.topic_count() {
+        Some(t) => Arc::new(move |i| make(Some(&topic_of(i as u64 % t)))),
+        None => {
+            let all = make(None);
+            Arc::new(move |_| all.clone())
         }
     }
 }
@@ -92,21 +134,31 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let relais = {
         let mut target = relais_proc::RelaisTarget::start(&args)?;
+        let topics = args.topic_count();
         let sender = match args.ingest {
             Ingest::Mercure => Sender::Mercure {
                 http: Http1::new(target.addr),
                 auth: format!("Bearer {}", target.publish_token),
+                topics,
             },
             Ingest::Grist => Sender::Grist {
                 http: Http1::new(target.addr),
                 path: format!("/hooks/grist/{}", args.source),
                 hook_auth: target.hook_auth.clone(),
                 auth: format!("Bearer {}", target.publish_token),
+                topics,
             },
+        };
+        let request = {
+            let request = relais_proc::SubscribeRequest {
+                addr: target.addr,
+                token: target.subscribe_token.clone(),
+            };
+            requests(&args, move |t| request.build(t))
         };
         let endpoint = Endpoint {
             addr: target.addr,
-            request: Arc::new(target.subscribe_request()),
+            request,
         };
         let pid = target.pid;
         let pids: Pids = Arc::new(move || pid.map(|p| vec![p]).unwrap_or_default());
@@ -124,32 +176,63 @@ async fn run(args: Args) -> Result<(), String> {
         target.stop();
         figures
     };
-    let peer = match args.peer {
-        Some(args::Peer::Pushpin) => {
-            let mut target = pushpin::PushpinTarget::start(&args).await?;
-            let sender = Sender::Pushpin {
-                http: Http1::new(target.publish_addr),
-                channel: pushpin::CHANNEL.into(),
-            };
-            let endpoint = Endpoint {
-                addr: target.http_addr,
-                request: Arc::new(target.subscribe_request()),
-            };
-            let root = target.pid();
-            // Pushpin's services are children of the runner: sample the whole tree.
-            let pids: Pids = Arc::new(move || root.map(procstat::tree).unwrap_or_default());
-            let figures = measure(&args, "pushpin", endpoint, sender, pids).await;
-            target.stop();
-            Some(figures)
+    let mut peers: Vec<(&'static str, Figures)> = Vec::new();
+    for peer in &args.peer {
+        if peers.iter().any(|(n, _)| *n == peer.name()) {
+            continue;
         }
-        None => None,
-    };
-    let peer_ref = peer.as_ref().map(|p| ("pushpin", p));
+        let figures = match peer {
+            Peer::Bare => {
+                let mut target = bare::BareTarget::start()?;
+                let sender = Sender::Bare {
+                    http: Http1::new(target.addr),
+                    topics: args.topic_count(),
+                };
+                let request = {
+                    let build = bare::BareTarget::request_builder(target.addr);
+                    requests(&args, build)
+                };
+                let endpoint = Endpoint {
+                    addr: target.addr,
+                    request,
+                };
+                let pid = target.pid;
+                let pids: Pids = Arc::new(move || vec![pid]);
+                let figures = measure(&args, "bare", endpoint, sender, pids).await;
+                target.stop();
+                figures
+            }
+            Peer::Pushpin => {
+                let mut target = pushpin::PushpinTarget::start(&args).await?;
+                let sender = Sender::Pushpin {
+                    http: Http1::new(target.publish_addr),
+                    channel: pushpin::CHANNEL.into(),
+                    topics: args.topic_count(),
+                };
+                let request = {
+                    let addr = target.http_addr;
+                    requests(&args, move |t| pushpin::subscribe_request(addr, t))
+                };
+                let endpoint = Endpoint {
+                    addr: target.http_addr,
+                    request,
+                };
+                let root = target.pid();
+                // Pushpin's services are children of the runner: sample the whole tree.
+                let pids: Pids = Arc::new(move || root.map(procstat::tree).unwrap_or_default());
+                let figures = measure(&args, "pushpin", endpoint, sender, pids).await;
+                target.stop();
+                figures
+            }
+        };
+        peers.push((peer.name(), figures));
+    }
+    let peer_refs: Vec<(&str, &Figures)> = peers.iter().map(|(n, f)| (*n, f)).collect();
     if args.json {
-        println!("{}", report::json(&args, ingest, &relais, peer_ref));
+        println!("{}", report::json(&args, ingest, &relais, &peer_refs));
     } else {
-        print!("{}", report::table(&args, ingest, &relais, peer_ref));
-        println!("{}", report::summary(&relais, peer_ref));
+        print!("{}", report::table(&args, ingest, &relais, &peer_refs));
+        println!("{}", report::summary(&relais, &peer_refs));
     }
     Ok(())
 }
@@ -294,7 +377,7 @@ async fn measure(
         f.note = Some(format!("publishing stopped early: {e}"));
     }
     // Drain: wait for every subscriber to have every event, or for a quiet period.
-    let expected = published.events * ready;
+    let expected = workload::expected_deliveries(published.events, ready, args.topic_count());
     if args.workload != Workload::Idle {
         workload::wait_delivered(&shared, expected, args.drain).await;
     }
@@ -356,9 +439,20 @@ async fn measure(
     }
     for o in &outcomes {
         if o.tracker.distinct > 0 || o.warmed {
-            f.lost += o.tracker.missing(published.events);
+            f.lost += match args.topic_count() {
+                // Subscriber i is owed the events s with s ≡ i (mod T).
+                Some(t) => {
+                    let (total, r) = (published.events, o.index as u64 % t);
+                    let owed = total / t + u64::from(r < total % t);
+                    owed.saturating_sub(o.tracker.received(total))
+                }
+                None => o.tracker.missing(published.events),
+            };
         }
         f.duplicated += o.tracker.duplicates;
+    }
+    if f.deliveries > 0 {
+        f.cpu_seconds_per_1000_deliveries = f.cpu_seconds_server * 1000.0 / f.deliveries as f64;
     }
     f
 }
