@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
+use crate::store::Store;
 use crate::config::MatrixConfig;
 use crate::hub::{Event, Hub, ResumeFrom};
 
@@ -49,7 +49,7 @@ pub struct Alerts {
 pub async fn start(
     config: &MatrixConfig,
     hub: &Arc<Hub>,
-    bus: &Bus,
+    store: &Store,
     shutdown: CancellationToken,
 ) -> Result<Option<Alerts>, ClientError> {
     if !config.enabled() {
@@ -64,9 +64,10 @@ pub async fn start(
         retry_initial: config.retry_initial,
         retry_max: config.retry_max,
     };
-    let (writer, reader) = match bus {
-        Bus::Local(_) => sender::memory_queue(config.queue_size),
-        Bus::Redis(redis) => {
+    // With Redis the queue is shared by the instances; otherwise it is in process.
+    let (writer, reader) = match store.redis() {
+        None => sender::memory_queue(config.queue_size),
+        Some(redis) => {
             let (w, r) = redis_queue::redis_queue(
                 redis.client(),
                 redis.connection(),
@@ -268,11 +269,11 @@ mod tests {
     #[tokio::test]
     async fn start_does_nothing_without_matrix() {
         let hub = Arc::new(Hub::new(10, 16));
-        let bus = Bus::local(hub.clone());
+        let store = Store::memory(hub.clone(), &crate::config::Config::default());
         let started = start(
             &MatrixConfig::default(),
             &hub,
-            &bus,
+            &store,
             CancellationToken::new(),
         )
         .await

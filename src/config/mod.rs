@@ -129,6 +129,9 @@ impl Default for JwtConfig {
     }
 }
 
+/// Default number of record states kept (all sources together).
+pub const DEFAULT_RECORD_STATE_CAPACITY: usize = 50_000;
+
 /// `[hub]`: subscriptions, history and fan-out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -144,6 +147,19 @@ pub struct HubConfig {
     /// remembers to compute `change`/`changed`/`previous` and absorb retries; the least
     /// recently used is forgotten first.
     pub record_state_capacity: usize,
+    /// Keep history and record state on disk in the state directory (the default without
+    /// Redis); `false` keeps them in memory only, lost on restart.
+    pub persist: bool,
+    /// Most bytes of event data (and IDs) retained for resume, besides `history_size`.
+    pub history_bytes: usize,
+    /// Forget a record this long after its last change (unset: kept until evicted by
+    /// `record_state_capacity`). With Redis, `redis.state_ttl` applies instead.
+    #[serde(
+        default,
+        with = "duration::serde_human_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub record_ttl: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -152,7 +168,10 @@ impl Default for HubConfig {
             allow_anonymous: false,
             history_size: 10_000,
             subscriber_backlog: 8192,
-            record_state_capacity: crate::ingest::state::DEFAULT_CAPACITY,
+            record_state_capacity: DEFAULT_RECORD_STATE_CAPACITY,
+            persist: true,
+            history_bytes: 64 * 1024 * 1024,
+            record_ttl: None,
         }
     }
 }
@@ -376,6 +395,12 @@ impl Config {
         }
         if self.hub.subscriber_backlog == 0 {
             return invalid("hub.subscriber_backlog: must be at least 1".into());
+        }
+        if self.hub.history_bytes == 0 {
+            return invalid("hub.history_bytes: must be at least 1".into());
+        }
+        if self.hub.record_ttl.is_some_and(|t| t.is_zero()) {
+            return invalid("hub.record_ttl: must be greater than 0 (leave it unset to keep records until evicted)".into());
         }
         if self.hub.record_state_capacity == 0 {
             return invalid("hub.record_state_capacity: must be at least 1".into());

@@ -67,13 +67,14 @@ pub async fn subscribe(
     Ok(response)
 }
 
-/// Checks a subscribe request (selectors, token, claims, resume point) and attaches it to
-/// the hub. Used by the handler above and by the lean SSE path of [`super::serve`].
-pub async fn prepare(
-    app: AppState,
+/// The checks shared by subscribing and `/state`: the request's selectors, its token
+/// (any transport) and the token's claims. Returns the subscription, the token's subject
+/// and expiry, and the parsed query.
+pub fn authorize(
+    app: &AppState,
     headers: &HeaderMap,
     raw_query: Option<&str>,
-) -> Result<Prepared, ApiError> {
+) -> Result<(Subscription, Option<String>, Option<SystemTime>), ApiError> {
     let query = QueryPairs::parse(raw_query);
     let selectors = query
         .all("topic")
@@ -102,6 +103,18 @@ pub async fn prepare(
         None if app.config.hub.allow_anonymous => (None, None, None),
         None => return Err(crate::auth::AuthError::Missing.into()),
     };
+    Ok((Subscription { selectors, claims }, subject, expires_at))
+}
+
+/// Checks a subscribe request (selectors, token, claims, resume point) and attaches it to
+/// the hub. Used by the handler above and by the lean SSE path of [`super::serve`].
+pub async fn prepare(
+    app: AppState,
+    headers: &HeaderMap,
+    raw_query: Option<&str>,
+) -> Result<Prepared, ApiError> {
+    let (subscription, subject, expires_at) = authorize(&app, headers, raw_query)?;
+    let query = QueryPairs::parse(raw_query);
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -111,11 +124,10 @@ pub async fn prepare(
     if let ResumeFrom::After(id) = &resume {
         if !app.hub.retains(id) {
             // Another instance may have sent it moments ago: let this one catch up.
-            app.bus.catch_up().await;
+            app.store.catch_up().await;
         }
     }
 
-    let subscription = Subscription { selectors, claims };
     let attach = app.hub.attach(&resume);
     let gap = attach.history_gap;
 
