@@ -508,6 +508,9 @@ impl RedisStore {
                     attempt += 1;
                     metrics::counter!("relais_ingest_conflicts_total", "source" => source.to_string())
                         .increment(1);
+                    // A short random pause, so that racing deliveries do not collide again.
+                    let pause = rand::random_range(0..=(attempt as u64 * 2));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Fenced::Conflict => {
                     return Err(StoreError::Unavailable(
