@@ -35,7 +35,7 @@ async fn publish_on_one_instance_reaches_subscribers_of_both() {
         "same order everywhere"
     );
     assert!(on_b.events(1, QUIET).await.is_empty(), "no duplicate");
-    assert!(a.logged("Redis bus"));
+    assert!(a.logged("store: Redis"));
 }
 
 #[tokio::test]
@@ -90,12 +90,35 @@ async fn publisher_ids_are_unique_across_instances() {
             .status(),
         200
     );
+    // The same update again is a retry (200, published once); other content, a
+    // conflict; also for an ID shaped like the ones relais generates.
     assert_eq!(
         publish(&b, &tok, &[("topic", "t"), ("id", "x-1")])
             .await
             .status(),
+        200
+    );
+    assert_eq!(
+        publish(&b, &tok, &[("topic", "t"), ("id", "x-1"), ("data", "other")])
+            .await
+            .status(),
         409
     );
+    let generated_like = "urn:uuid:01900000-0000-7000-8000-000000000000";
+    assert_eq!(
+        publish(&a, &tok, &[("topic", "t"), ("id", generated_like)])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        publish(&b, &tok, &[("topic", "t"), ("id", generated_like), ("data", "x")])
+            .await
+            .status(),
+        409
+    );
+    let mut sub = SseClient::connect(&a, "topic=t&lastEventID=earliest", Some(&tok), &[]).await;
+    assert_eq!(sub.events(3, QUIET).await.len(), 2, "each published once");
 }
 
 #[tokio::test]

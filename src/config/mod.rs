@@ -239,6 +239,12 @@ pub struct SourceConfig {
     /// Publish events of this source as private updates.
     #[serde(default)]
     pub private: bool,
+    /// Grist: a column the document maintains (e.g. `Derniere_MAJ`, a DateTime updated
+    /// by a trigger formula); a row older than the known state by it is dropped as
+    /// stale (Grist may deliver an old batch after a newer one). Unset: rows apply in
+    /// arrival order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_column: Option<String>,
 }
 
 /// `[matrix]`: alerts to a Matrix / Tchap room.
@@ -437,6 +443,11 @@ impl Config {
             if source.authorization.is_none() && source.secret.is_none() {
                 return invalid(format!(
                     "sources.{name}: set `authorization` (header value) or `secret`, so that only the real sender can post"
+                ));
+            }
+            if source.kind == SourceKind::Hub && source.version_column.is_some() {
+                return invalid(format!(
+                    "sources.{name}.version_column: only for Grist sources (hub updates are ordered by updated_at)"
                 ));
             }
             if let Err(e) = crate::ingest::Source::from_config(name, source) {
