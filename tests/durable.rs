@@ -254,3 +254,28 @@ async fn publishing_again_with_a_retained_id_is_idempotent_or_a_conflict() {
     let mut sub = SseClient::connect(&relais, "topic=orders/1&lastEventID=earliest", Some(&sub_tok), &[]).await;
     assert_eq!(sub.events(2, Duration::from_millis(800)).await.len(), 1, "published once");
 }
+
+#[tokio::test]
+async fn a_grist_version_column_drops_late_deliveries_of_older_rows() {
+    let mut env = env();
+    env.push(("RELAIS_SOURCES__CEREMA__VERSION_COLUMN", "Derniere_MAJ"));
+    let relais = Relais::start(&env);
+    let at = |statut: &str, when: i64| {
+        let mut r = row(3, statut, "Normale");
+        r["Derniere_MAJ"] = json!(when);
+        r
+    };
+    let answer = |r: reqwest::Response| async move { r.json::<Value>().await.unwrap() };
+    let newer = answer(post_rows(&relais.base, &[at("Terminée", 1_732_000_200)]).await.unwrap()).await;
+    assert_eq!(newer["published"], 1);
+    // Grist sends the batch that exhausted its retries after the newer one.
+    let late = answer(post_rows(&relais.base, &[at("En cours", 1_732_000_100)]).await.unwrap()).await;
+    assert_eq!((late["published"].clone(), late["stale"].clone()), (json!(0), json!(1)));
+    let (_, snapshot) = state(&relais, "topic=interventions", Some(&reader())).await;
+    assert_eq!(snapshot["records"][0]["data"]["status"], "Terminée");
+    // Without the column the late row wins, as documented.
+    let plain = Relais::start(&self::env());
+    post_rows(&plain.base, &[at("Terminée", 1_732_000_200)]).await.unwrap();
+    let late = answer(post_rows(&plain.base, &[at("En cours", 1_732_000_100)]).await.unwrap()).await;
+    assert_eq!(late["published"], 1);
+}

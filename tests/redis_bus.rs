@@ -296,3 +296,63 @@ async fn webhooks_get_503_while_redis_is_down_and_nothing_is_lost() {
     let first: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
     assert_eq!(first["change"], "add");
 }
+
+#[tokio::test]
+async fn a_snapshot_on_one_instance_then_the_stream_on_the_other_equal_the_final_state() {
+    let redis = RedisServer::start();
+    let (a, b) = (start_grist(&redis), start_grist(&redis));
+    let tok = token("dashboard", &["interventions", "interventions/{id}"], &[]);
+    let base = a.base.clone();
+    let writer = tokio::spawn(async move {
+        for round in 0..25 {
+            let status = client()
+                .post(format!("{base}/hooks/grist/cerema"))
+                .header("authorization", "Bearer grist")
+                .header("content-type", "application/json")
+                .body(grist_batch(&format!("étape {round}")))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Snapshot on B while A ingests; stream on B from its lastEventID.
+    let snapshot: serde_json::Value = client()
+        .get(format!("{}/state?topic=interventions", b.base))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = snapshot["lastEventID"].as_str().unwrap().to_string();
+    let mut view = std::collections::HashMap::new();
+    for r in snapshot["records"].as_array().unwrap() {
+        view.insert(r["data"]["row_id"].as_i64().unwrap(), r["data"]["status"].clone());
+    }
+    let mut sub = SseClient::connect(
+        &b,
+        &format!("topic=interventions&lastEventID={last}"),
+        Some(&tok),
+        &[],
+    )
+    .await;
+    writer.await.unwrap();
+    let done = serde_json::json!("étape 24");
+    while view.len() < 20 || view.values().any(|s| *s != done) {
+        let Some(event) = sub.next_event(Duration::from_secs(10)).await else {
+            panic!("stream ended before the final state: {view:?}");
+        };
+        let d: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        let row = d["row_id"].as_i64().unwrap();
+        match view.get(&row) {
+            Some(before) => assert_eq!(&d["previous"]["status"], before, "no gap, no duplicate"),
+            None => assert_eq!(d["change"], "add"),
+        }
+        view.insert(row, d["status"].clone());
+    }
+    assert!(sub.events(1, QUIET).await.is_empty());
+}
