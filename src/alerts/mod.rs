@@ -15,6 +15,7 @@
 //! `relais_alerts_dropped_total{reason}`, `relais_alerts_missed_events_total`,
 //! `relais_matrix_sends_total{result}`.
 
+pub mod alert;
 pub mod matrix;
 pub mod message;
 pub mod redis_queue;
