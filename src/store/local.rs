@@ -194,6 +194,17 @@ impl LocalStore {
     }
 }
 
+/// Runs a commit that may wait for the disk: on a multi-threaded runtime the worker hands
+/// its other tasks (streams, other requests) to the rest of the pool meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Whether a retained event and a new draft are the same update (ID, topics, data,
 /// type, privacy).
 pub fn same_update(event: &crate::hub::Event, draft: &EventDraft) -> bool {
@@ -206,7 +217,7 @@ pub fn same_update(event: &crate::hub::Event, draft: &EventDraft) -> bool {
 
 impl Backend for LocalStore {
     fn publish(&self, draft: EventDraft) -> BoxFuture<'_, Result<Published, StoreError>> {
-        let result = self.publish_now(draft);
+        let result = blocking(|| self.publish_now(draft));
         async move { result }.boxed()
     }
 
@@ -216,7 +227,7 @@ impl Backend for LocalStore {
         keys: &'a [String],
         plan: &'a PlanFn<'a>,
     ) -> BoxFuture<'a, Result<Ingested, StoreError>> {
-        let result = self.ingest_now(source, keys, plan);
+        let result = blocking(|| self.ingest_now(source, keys, plan));
         async move { result }.boxed()
     }
 
