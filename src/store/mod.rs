@@ -229,7 +229,7 @@ impl Store {
         if !config.hub.persist {
             return Ok(Self::memory(hub, config));
         }
-        let path = config.state_dir().join("store.redb");
+        let path = config.state_dir().join("store.sqlite");
         Ok(Self::new(local::LocalStore::open(&path, hub, config)?))
     }
 }
