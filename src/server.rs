@@ -66,7 +66,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     announce(&config, &keys.origin, &store, &ingest, local);
     // Attached to the hub before the first request (and after the store loaded its
     // history, so past events raise no alert), beside ingestion and streaming.
-    let _alerts = crate::alerts::start(&config.matrix, &hub, &store, shutdown.clone()).await?;
+    let queue = if config.matrix.enabled() {
+        store
+            .alert_queue(config.matrix.queue_size)
+            .await
+            .map_err(|e| crate::alerts::ClientError::Queue(e.to_string()))?
+    } else {
+        crate::alerts::sender::memory_queue(1)
+    };
+    let _alerts = crate::alerts::start(&config.matrix, &hub, queue, shutdown.clone())?;
 
     let state = AppState {
         config: Arc::new(config),

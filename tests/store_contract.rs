@@ -408,3 +408,36 @@ async fn the_disk_store_reloads_history_and_records() {
     store.ingest("s", &["2".into()], &increment("s", "2".into())).await.unwrap();
     assert_eq!(store.load_records("s", &["2".into()]).await.unwrap()["2"], record(3));
 }
+
+#[tokio::test]
+async fn the_alert_queue_hands_out_what_was_pushed_and_forgets_it_once_acknowledged() {
+    use relais::alerts::{Alert, Message};
+    for b in backends().await {
+        let (writer, mut reader) = b.a.store.alert_queue(10).await.unwrap();
+        let alert = Alert::new(
+            "ev-1",
+            "urgent",
+            Message {
+                body: "b".into(),
+                formatted_body: "h".into(),
+            },
+        );
+        writer.push(alert.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), reader.next())
+            .await
+            .unwrap();
+        assert_eq!(got, Some(alert.clone()), "{}", b.name);
+        reader.ack(&alert).await;
+        if b.name == "redis" {
+            // Shared: the other instance's writer sees it queued already (sent once).
+            let (other, _) = b.b.store.alert_queue(10).await.unwrap();
+            other.push(alert.clone()).await.unwrap();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), reader.next())
+                    .await
+                    .is_err(),
+                "queued once across instances"
+            );
+        }
+    }
+}

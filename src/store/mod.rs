@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -185,12 +186,18 @@ pub trait Backend: Send + Sync {
     /// A short description for start-up messages.
     fn describe(&self) -> String;
 
-    /// The Redis connection for the alert queue, when the store is Redis (alerts are
-    /// then queued there, shared by the instances).
-    fn redis(&self) -> Option<&redis::RedisStore> {
-        None
+    /// The queue of Matrix alerts holding at most `capacity`: in process by default
+    /// (lost on restart); in Redis, shared by the instances, each alert sent once.
+    fn alert_queue(&self, capacity: usize) -> BoxFuture<'_, Result<AlertQueue, StoreError>> {
+        async move { Ok(crate::alerts::sender::memory_queue(capacity)) }.boxed()
     }
 }
+
+/// Both ends of the alert queue.
+pub type AlertQueue = (
+    crate::alerts::sender::QueueWriter,
+    crate::alerts::sender::QueueReader,
+);
 
 /// The store in use (cheap to clone).
 #[derive(Clone)]

@@ -332,16 +332,6 @@ impl RedisStore {
         &self.keys
     }
 
-    /// A shared connection for other Redis users (alerts), reconnecting by itself.
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
-    /// A client for users that need a connection of their own (blocking reads).
-    pub fn client(&self) -> redis::Client {
-        self.client.clone()
-    }
-
     /// Atomically: if every `fences` key still holds its expected value (`None`: absent)
     /// and no publisher ID is reused, appends the events and writes `writes` (kept
     /// `redis.state_ttl`); otherwise changes nothing. `checked`: the events carry a
@@ -642,8 +632,26 @@ impl Backend for RedisStore {
         )
     }
 
-    fn redis(&self) -> Option<&RedisStore> {
-        Some(self)
+    fn alert_queue(
+        &self,
+        capacity: usize,
+    ) -> BoxFuture<'_, Result<super::AlertQueue, StoreError>> {
+        use crate::alerts::sender::{QueueReader, QueueWriter};
+        async move {
+            let (w, r) = crate::alerts::redis_queue::redis_queue(
+                self.client.clone(),
+                self.conn.clone(),
+                self.keys.prefix(),
+                capacity,
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok((
+                QueueWriter::Redis(Box::new(w)),
+                QueueReader::Redis(Box::new(r)),
+            ))
+        }
+        .boxed()
     }
 }
 
