@@ -67,10 +67,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration, checked by `config` and by ingestion (its sources).
+fn load(file: Option<&std::path::Path>) -> Result<Config, String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    relais::ingest::check_sources(&config).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = load(config.as_deref())?;
             relais::telemetry::init_logging(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -87,7 +94,7 @@ fn run(cli: Cli) -> Result<(), String> {
             ttl,
             config,
         } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = load(config.as_deref())?;
             for selector in subscribe.iter().chain(&publish) {
                 relais::hub::Selector::parse(selector).map_err(|e| e.to_string())?;
             }
@@ -99,7 +106,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = load(config.as_deref())?;
             let keys = KeyMaterial::load_or_create(&config).map_err(|e| e.to_string())?;
             relais::auth::Authenticator::new(&keys, &config).map_err(|e| e.to_string())?;
             println!("# relais: configuration is valid; effective settings (secrets masked):");

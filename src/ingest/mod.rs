@@ -22,4 +22,4 @@ pub mod signature;
 pub mod topics;
 
 pub use error::InputError;
-pub use pipeline::{IngestError, Ingestor, Source, Summary};
+pub use pipeline::{check_sources, IngestError, Ingestor, Source, Summary};

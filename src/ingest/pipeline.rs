@@ -61,6 +61,27 @@ impl Source {
     }
 }
 
+/// Checks what the configuration of each source means to ingestion (topic templates,
+/// column mappings, Standard Webhooks keys); the error names the faulty key. Run after
+/// `Config::load` (which checks everything else), so that `config` needs nothing from
+/// `ingest`.
+pub fn check_sources(config: &Config) -> Result<(), ConfigError> {
+    for (name, source) in &config.sources {
+        Source::from_config(name, source)
+            .map_err(|e| ConfigError::Invalid(format!("sources.{name}.{e}")))?;
+        if source.kind == SourceKind::Hub {
+            if let Some(secret) = &source.secret {
+                if super::signature::WebhookSecret::parse(secret.expose()).is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "sources.{name}.secret: a hub secret is a Standard Webhooks key: whsec_ followed by base64"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a webhook request amounted to (the 200 answer's body).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
