@@ -279,3 +279,51 @@ async fn a_grist_version_column_drops_late_deliveries_of_older_rows() {
     let late = answer(post_rows(&plain.base, &[at("En cours", 1_732_000_100)]).await.unwrap()).await;
     assert_eq!(late["published"], 1);
 }
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes_in_memory_and_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("RELAIS_HUB__HISTORY_BYTES", "1000000"),
+        ("RELAIS_SERVER__MAX_BODY_BYTES", "2000000"),
+    ];
+    let mut relais = Relais::start_in(dir.path(), &env, None);
+    let tok = token("app", &["big"], &["big"]);
+    let big = "x".repeat(400_000);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(common::publish_ok(&relais, &tok, "big", &big).await);
+    }
+    let replayed = |relais: &Relais| {
+        let relais_url = relais.hub_url();
+        let tok = tok.clone();
+        async move {
+            let response = client()
+                .get(format!("{relais_url}?topic=big&lastEventID=earliest"))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap();
+            let mut stream = response.bytes_stream();
+            let mut parser = relais::hub::sse::SseParser::new();
+            let mut got = Vec::new();
+            use futures::StreamExt;
+            while let Ok(Some(Ok(chunk))) =
+                tokio::time::timeout(Duration::from_millis(800), stream.next()).await
+            {
+                for item in parser.feed(&chunk) {
+                    if let relais::hub::sse::Parsed::Event(e) = item {
+                        got.push(e.id);
+                    }
+                }
+            }
+            got
+        }
+    };
+    // 4 x 400 kB against 1 MB: the two newest stay, in memory...
+    assert_eq!(replayed(&relais).await, ids[2..]);
+    relais.terminate();
+    // ...and on disk.
+    let relais = Relais::start_in(dir.path(), &env, None);
+    assert_eq!(replayed(&relais).await, ids[2..]);
+}

@@ -140,7 +140,7 @@ impl SnapshotRecord {
             id: event.id.clone(),
             event_type: event.event_type.clone(),
             topics: event.topics.clone(),
-            data: event.data.clone(),
+            data: event.data.to_string(),
             private: event.private,
         }
     }
