@@ -267,9 +267,13 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         200
     );
     assert_eq!(
-        publish(&relais, &tok, &[("topic", "t"), ("id", "same"), ("data", "other")])
-            .await
-            .status(),
+        publish(
+            &relais,
+            &tok,
+            &[("topic", "t"), ("id", "same"), ("data", "other")]
+        )
+        .await
+        .status(),
         409
     );
     let seen = watcher.events(3, QUIET).await;

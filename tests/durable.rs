@@ -104,7 +104,13 @@ async fn a_subscriber_resumes_across_a_restart_and_records_keep_their_state() {
     assert_eq!(update["changed"], json!(["status"]));
     assert_eq!(update["previous"]["status"], "En cours");
     // The whole history is still there.
-    let mut all = SseClient::connect(&relais, "topic=interventions&lastEventID=earliest", Some(&tok), &[]).await;
+    let mut all = SseClient::connect(
+        &relais,
+        "topic=interventions&lastEventID=earliest",
+        Some(&tok),
+        &[],
+    )
+    .await;
     assert_eq!(all.events(8, Duration::from_secs(2)).await.len(), 7);
     let (status, snapshot) = state(&relais, "topic=interventions", Some(&tok)).await;
     assert_eq!(status, 200);
@@ -136,7 +142,10 @@ async fn kill_9_during_webhooks_loses_nothing_acknowledged_and_no_half_batch() {
     relais.kill();
     let _ = sender.await;
     let acknowledged = acked.load(Ordering::SeqCst);
-    assert!(acknowledged > 0, "some batches were acknowledged before the kill");
+    assert!(
+        acknowledged > 0,
+        "some batches were acknowledged before the kill"
+    );
 
     let relais = Relais::start_in(dir.path(), &env(), None);
     let (status, snapshot) = state(&relais, "topic=interventions", Some(&reader())).await;
@@ -147,11 +156,18 @@ async fn kill_9_during_webhooks_loses_nothing_acknowledged_and_no_half_batch() {
         *per_batch.entry((row_id - 1) / 100).or_default() += 1;
     }
     for batch in 0..acknowledged as i64 {
-        assert_eq!(per_batch.get(&batch), Some(&100), "acknowledged batch {batch}");
+        assert_eq!(
+            per_batch.get(&batch),
+            Some(&100),
+            "acknowledged batch {batch}"
+        );
     }
     for (batch, rows) in &per_batch {
         assert_eq!(*rows, 100, "batch {batch} is whole or absent");
-        assert!(*batch <= acknowledged as i64, "at most the batch in flight beyond");
+        assert!(
+            *batch <= acknowledged as i64,
+            "at most the batch in flight beyond"
+        );
     }
     // The history agrees with the record states.
     let mut all = SseClient::connect(
@@ -172,15 +188,26 @@ async fn state_answers_a_snapshot_that_the_stream_continues_without_gap_or_dupli
     let tok = reader();
     // Refusals, as for subscribing.
     assert_eq!(state(&relais, "topic=interventions", None).await.0, 401);
-    assert_eq!(state(&relais, "topic=interventions", Some("not-a-token")).await.0, 401);
+    assert_eq!(
+        state(&relais, "topic=interventions", Some("not-a-token"))
+            .await
+            .0,
+        401
+    );
     let narrow = token("x", &["interventions/INT-1"], &[]);
-    assert_eq!(state(&relais, "topic=interventions", Some(&narrow)).await.0, 403);
+    assert_eq!(
+        state(&relais, "topic=interventions", Some(&narrow)).await.0,
+        403
+    );
     assert_eq!(state(&relais, "", Some(&tok)).await.0, 400);
     let empty = state(&relais, "topic=interventions", Some(&tok)).await.1;
     assert_eq!(empty, json!({"lastEventID": "earliest", "records": []}));
     // The token also travels as a query parameter or a cookie.
     let by_query = client()
-        .get(format!("{}/state?topic=interventions&authorization={tok}", relais.base))
+        .get(format!(
+            "{}/state?topic=interventions&authorization={tok}",
+            relais.base
+        ))
         .send()
         .await
         .unwrap();
@@ -202,7 +229,10 @@ async fn state_answers_a_snapshot_that_the_stream_continues_without_gap_or_dupli
     let mut view: HashMap<i64, Value> = HashMap::new();
     for r in snapshot["records"].as_array().unwrap() {
         assert_eq!(r["type"], "intervention");
-        assert!(r["topics"].as_array().unwrap().contains(&json!("interventions")));
+        assert!(r["topics"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("interventions")));
         view.insert(r["data"]["row_id"].as_i64().unwrap(), r["data"].clone());
     }
     let mut sub = SseClient::connect(
@@ -213,9 +243,7 @@ async fn state_answers_a_snapshot_that_the_stream_continues_without_gap_or_dupli
     )
     .await;
     writer.await.unwrap();
-    while view.len() < 20
-        || view.values().any(|v| v["status"] != "étape 29")
-    {
+    while view.len() < 20 || view.values().any(|v| v["status"] != "étape 29") {
         let Some(event) = sub.next_event(Duration::from_secs(5)).await else {
             panic!("stream ended before the final state: {view:?}");
         };
@@ -223,7 +251,10 @@ async fn state_answers_a_snapshot_that_the_stream_continues_without_gap_or_dupli
         let row_id = d["row_id"].as_i64().unwrap();
         if let Some(before) = view.get(&row_id) {
             // The next change of a row starts from the state the view holds.
-            assert_eq!(d["previous"]["status"], before["status"], "no gap, no duplicate");
+            assert_eq!(
+                d["previous"]["status"], before["status"],
+                "no gap, no duplicate"
+            );
         } else {
             assert_eq!(d["change"], "add");
         }
@@ -236,7 +267,11 @@ async fn state_answers_a_snapshot_that_the_stream_continues_without_gap_or_dupli
 async fn publishing_again_with_a_retained_id_is_idempotent_or_a_conflict() {
     let relais = Relais::start(&[]);
     let tok = token("app", &[], &["orders/{id}"]);
-    let form = [("topic", "orders/1"), ("data", "paid"), ("id", "urn:uuid:order-1-paid")];
+    let form = [
+        ("topic", "orders/1"),
+        ("data", "paid"),
+        ("id", "urn:uuid:order-1-paid"),
+    ];
     let first = publish(&relais, &tok, &form).await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.text().await.unwrap(), "urn:uuid:order-1-paid");
@@ -246,13 +281,27 @@ async fn publishing_again_with_a_retained_id_is_idempotent_or_a_conflict() {
     let other = publish(
         &relais,
         &tok,
-        &[("topic", "orders/1"), ("data", "refunded"), ("id", "urn:uuid:order-1-paid")],
+        &[
+            ("topic", "orders/1"),
+            ("data", "refunded"),
+            ("id", "urn:uuid:order-1-paid"),
+        ],
     )
     .await;
     assert_eq!(other.status(), 409);
     let sub_tok = token("s", &["orders/{id}"], &[]);
-    let mut sub = SseClient::connect(&relais, "topic=orders/1&lastEventID=earliest", Some(&sub_tok), &[]).await;
-    assert_eq!(sub.events(2, Duration::from_millis(800)).await.len(), 1, "published once");
+    let mut sub = SseClient::connect(
+        &relais,
+        "topic=orders/1&lastEventID=earliest",
+        Some(&sub_tok),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        sub.events(2, Duration::from_millis(800)).await.len(),
+        1,
+        "published once"
+    );
 }
 
 #[tokio::test]
@@ -266,17 +315,37 @@ async fn a_grist_version_column_drops_late_deliveries_of_older_rows() {
         r
     };
     let answer = |r: reqwest::Response| async move { r.json::<Value>().await.unwrap() };
-    let newer = answer(post_rows(&relais.base, &[at("Terminée", 1_732_000_200)]).await.unwrap()).await;
+    let newer = answer(
+        post_rows(&relais.base, &[at("Terminée", 1_732_000_200)])
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(newer["published"], 1);
     // Grist sends the batch that exhausted its retries after the newer one.
-    let late = answer(post_rows(&relais.base, &[at("En cours", 1_732_000_100)]).await.unwrap()).await;
-    assert_eq!((late["published"].clone(), late["stale"].clone()), (json!(0), json!(1)));
+    let late = answer(
+        post_rows(&relais.base, &[at("En cours", 1_732_000_100)])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (late["published"].clone(), late["stale"].clone()),
+        (json!(0), json!(1))
+    );
     let (_, snapshot) = state(&relais, "topic=interventions", Some(&reader())).await;
     assert_eq!(snapshot["records"][0]["data"]["status"], "Terminée");
     // Without the column the late row wins, as documented.
     let plain = Relais::start(&self::env());
-    post_rows(&plain.base, &[at("Terminée", 1_732_000_200)]).await.unwrap();
-    let late = answer(post_rows(&plain.base, &[at("En cours", 1_732_000_100)]).await.unwrap()).await;
+    post_rows(&plain.base, &[at("Terminée", 1_732_000_200)])
+        .await
+        .unwrap();
+    let late = answer(
+        post_rows(&plain.base, &[at("En cours", 1_732_000_100)])
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(late["published"], 1);
 }
 

@@ -99,9 +99,13 @@ async fn publisher_ids_are_unique_across_instances() {
         200
     );
     assert_eq!(
-        publish(&b, &tok, &[("topic", "t"), ("id", "x-1"), ("data", "other")])
-            .await
-            .status(),
+        publish(
+            &b,
+            &tok,
+            &[("topic", "t"), ("id", "x-1"), ("data", "other")]
+        )
+        .await
+        .status(),
         409
     );
     let generated_like = "urn:uuid:01900000-0000-7000-8000-000000000000";
@@ -112,9 +116,13 @@ async fn publisher_ids_are_unique_across_instances() {
         200
     );
     assert_eq!(
-        publish(&b, &tok, &[("topic", "t"), ("id", generated_like), ("data", "x")])
-            .await
-            .status(),
+        publish(
+            &b,
+            &tok,
+            &[("topic", "t"), ("id", generated_like), ("data", "x")]
+        )
+        .await
+        .status(),
         409
     );
     let mut sub = SseClient::connect(&a, "topic=t&lastEventID=earliest", Some(&tok), &[]).await;
@@ -331,7 +339,10 @@ async fn a_snapshot_on_one_instance_then_the_stream_on_the_other_equal_the_final
     let last = snapshot["lastEventID"].as_str().unwrap().to_string();
     let mut view = std::collections::HashMap::new();
     for r in snapshot["records"].as_array().unwrap() {
-        view.insert(r["data"]["row_id"].as_i64().unwrap(), r["data"]["status"].clone());
+        view.insert(
+            r["data"]["row_id"].as_i64().unwrap(),
+            r["data"]["status"].clone(),
+        );
     }
     let mut sub = SseClient::connect(
         &b,

@@ -207,16 +207,17 @@ async fn concurrent_deliveries_never_lose_an_update() {
         let known = b.a.store.load_records("s", &keys).await.unwrap();
         assert_eq!(known["k"], record(40), "{}", b.name);
         retained(&b.a.hub, 40).await;
-        let values: Vec<i64> = b
-            .a
-            .hub
-            .attach(&ResumeFrom::Earliest)
-            .replay
-            .iter()
-            .map(|e| serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["n"]
-                .as_i64()
-                .unwrap())
-            .collect();
+        let values: Vec<i64> =
+            b.a.hub
+                .attach(&ResumeFrom::Earliest)
+                .replay
+                .iter()
+                .map(|e| {
+                    serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["n"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect();
         assert_eq!(values, (1..=40).collect::<Vec<_>>(), "{}", b.name);
     }
 }
@@ -255,7 +256,11 @@ async fn publishing_is_idempotent_by_id() {
 #[tokio::test]
 async fn a_snapshot_holds_the_last_event_of_each_visible_record() {
     for b in backends().await {
-        let empty = b.a.store.snapshot(&subscription(&["*"], None)).await.unwrap();
+        let empty =
+            b.a.store
+                .snapshot(&subscription(&["*"], None))
+                .await
+                .unwrap();
         assert_eq!(empty.last_event_id, "earliest", "{}", b.name);
         assert!(empty.records.is_empty());
         for key in ["1", "2", "1"] {
@@ -273,7 +278,10 @@ async fn a_snapshot_holds_the_last_event_of_each_visible_record() {
             }],
             ..Batch::default()
         };
-        b.a.store.ingest("p", &["9".into()], &private).await.unwrap();
+        b.a.store
+            .ingest("p", &["9".into()], &private)
+            .await
+            .unwrap();
         retained(&b.b.hub, 4).await;
         let last = b.b.hub.attach(&ResumeFrom::Earliest).replay[3].id.clone();
         for instance in [&b.a, &b.b] {
@@ -288,7 +296,10 @@ async fn a_snapshot_holds_the_last_event_of_each_visible_record() {
                 .iter()
                 .map(|r| {
                     let v: serde_json::Value = serde_json::from_str(&r.data).unwrap();
-                    (v["key"].as_str().unwrap().to_string(), v["n"].as_i64().unwrap())
+                    (
+                        v["key"].as_str().unwrap().to_string(),
+                        v["n"].as_i64().unwrap(),
+                    )
                 })
                 .collect();
             seen.sort();
@@ -302,10 +313,19 @@ async fn a_snapshot_holds_the_last_event_of_each_visible_record() {
             assert_eq!(one.records[0].topics, ["c", "c/2"]);
             // Private records need a matching claim.
             let all = subscription(&["*"], None);
-            assert_eq!(instance.store.snapshot(&all).await.unwrap().records.len(), 2);
+            assert_eq!(
+                instance.store.snapshot(&all).await.unwrap().records.len(),
+                2
+            );
             let claimed = subscription(&["*"], Some(&["secret/{id}"]));
             assert_eq!(
-                instance.store.snapshot(&claimed).await.unwrap().records.len(),
+                instance
+                    .store
+                    .snapshot(&claimed)
+                    .await
+                    .unwrap()
+                    .records
+                    .len(),
                 3,
                 "{}",
                 b.name
@@ -330,7 +350,11 @@ async fn a_snapshot_then_its_stream_equal_the_final_state() {
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
         // Snapshot on instance B while A ingests, then stream from its lastEventID on B.
-        let snap = b.b.store.snapshot(&subscription(&["c"], None)).await.unwrap();
+        let snap =
+            b.b.store
+                .snapshot(&subscription(&["c"], None))
+                .await
+                .unwrap();
         b.b.store.catch_up().await;
         let from = relais::hub::ResumeFrom::parse(Some(&snap.last_event_id));
         let mut attach = b.b.hub.attach(&from);
@@ -348,7 +372,10 @@ async fn a_snapshot_then_its_stream_equal_the_final_state() {
         };
         for r in &snap.records {
             let v: serde_json::Value = serde_json::from_str(&r.data).unwrap();
-            state.insert(v["key"].as_str().unwrap().to_string(), v["n"].as_i64().unwrap());
+            state.insert(
+                v["key"].as_str().unwrap().to_string(),
+                v["n"].as_i64().unwrap(),
+            );
         }
         for e in &attach.replay {
             apply(&mut state, &e.data);
@@ -364,8 +391,17 @@ async fn a_snapshot_then_its_stream_equal_the_final_state() {
                 _ => continue,
             }
         }
-        assert_eq!(state.values().sum::<i64>(), 300, "{}: {seen} events", b.name);
-        let final_state = b.a.store.load_records("s", &(0..17).map(|i| i.to_string()).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(
+            state.values().sum::<i64>(),
+            300,
+            "{}: {seen} events",
+            b.name
+        );
+        let final_state =
+            b.a.store
+                .load_records("s", &(0..17).map(|i| i.to_string()).collect::<Vec<_>>())
+                .await
+                .unwrap();
         for (key, n) in &state {
             assert_eq!(final_state[key], record(*n), "{}", b.name);
         }
@@ -389,24 +425,46 @@ async fn the_disk_store_reloads_history_and_records() {
     for i in 0..8 {
         let key = format!("{}", i % 3);
         let keys = vec![key.clone()];
-        store.ingest("s", &keys, &increment("s", key)).await.unwrap();
+        store
+            .ingest("s", &keys, &increment("s", key))
+            .await
+            .unwrap();
     }
-    let ids: Vec<String> = hub.attach(&ResumeFrom::Earliest).replay.iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = hub
+        .attach(&ResumeFrom::Earliest)
+        .replay
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
     drop((hub, store));
     let (hub, store) = open().await;
-    let reloaded: Vec<String> = hub.attach(&ResumeFrom::Earliest).replay.iter().map(|e| e.id.clone()).collect();
+    let reloaded: Vec<String> = hub
+        .attach(&ResumeFrom::Earliest)
+        .replay
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
     assert_eq!(reloaded, ids, "the same last 5 events, in order");
     let known = store
         .load_records("s", &["0".into(), "1".into(), "2".into()])
         .await
         .unwrap();
-    assert_eq!((known["0"].clone(), known["1"].clone(), known["2"].clone()), (record(3), record(3), record(2)));
+    assert_eq!(
+        (known["0"].clone(), known["1"].clone(), known["2"].clone()),
+        (record(3), record(3), record(2))
+    );
     let snap = store.snapshot(&subscription(&["c"], None)).await.unwrap();
     assert_eq!(snap.records.len(), 3);
     assert_eq!(&snap.last_event_id, ids.last().unwrap());
     // The next event continues the counters.
-    store.ingest("s", &["2".into()], &increment("s", "2".into())).await.unwrap();
-    assert_eq!(store.load_records("s", &["2".into()]).await.unwrap()["2"], record(3));
+    store
+        .ingest("s", &["2".into()], &increment("s", "2".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_records("s", &["2".into()]).await.unwrap()["2"],
+        record(3)
+    );
 }
 
 #[tokio::test]

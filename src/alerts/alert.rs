@@ -69,4 +69,3 @@ pub enum PushError {
     #[error("the alert queue is unavailable: {0}")]
     Unavailable(String),
 }
-

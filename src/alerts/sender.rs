@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::matrix::{rejection_hint, MatrixClient, SendOutcome};
 pub use super::alert::{txn_id, Alert, PushError};
+use super::matrix::{rejection_hint, MatrixClient, SendOutcome};
 use super::redis_queue::{Pushed, RedisQueueReader, RedisQueueWriter};
 
 /// The adding end of the alert queue.

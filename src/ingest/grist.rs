@@ -724,10 +724,9 @@ mod tests {
 
     #[test]
     fn a_version_column_drops_rows_older_than_the_known_state() {
-        let config: SourceConfig = toml::from_str(
-            "kind = \"grist\"\nsecret = \"s\"\nversion_column = \"Derniere_MAJ\"",
-        )
-        .unwrap();
+        let config: SourceConfig =
+            toml::from_str("kind = \"grist\"\nsecret = \"s\"\nversion_column = \"Derniere_MAJ\"")
+                .unwrap();
         let s = GristSource::from_config("cerema", &config).unwrap();
         let at = |statut: &str, when: Value| {
             let mut r = row(7, json!(statut));

@@ -261,8 +261,7 @@ mod tests {
     #[tokio::test]
     async fn publishes_then_absorbs_retries() {
         let hub = Arc::new(Hub::new(100, 16));
-        let ingestor =
-            Ingestor::new(&config(), Store::memory(hub.clone(), &config())).unwrap();
+        let ingestor = Ingestor::new(&config(), Store::memory(hub.clone(), &config())).unwrap();
         let src = match ingestor.source("cerema").unwrap() {
             Source::Grist(s) => s.clone(),
             Source::Hub(_) => panic!(),

@@ -149,7 +149,11 @@ fn topics_text(topics: &[String]) -> String {
 
 impl Disk {
     /// Opens (creating) the database and reads what it holds.
-    pub fn open(path: &Path, max_events: usize, max_bytes: usize) -> Result<(Self, Loaded), DiskError> {
+    pub fn open(
+        path: &Path,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<(Self, Loaded), DiskError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Every commit is synced before relais acknowledges it.
@@ -221,7 +225,9 @@ impl Disk {
                             changed_at: changed_at.max(0) as u64,
                         },
                     )),
-                    Err(e) => tracing::warn!(%source, record = %key, "ignoring an unreadable record state: {e}"),
+                    Err(e) => {
+                        tracing::warn!(%source, record = %key, "ignoring an unreadable record state: {e}")
+                    }
                 }
             }
         }
@@ -237,7 +243,8 @@ impl Disk {
         // Limits may have been lowered since the last run.
         let trimmed = disk.trim_plan();
         if let Some(upto) = trimmed {
-            disk.conn.execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
+            disk.conn
+                .execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
             let keep = loaded.events.len() - disk.window.len();
             loaded.events.drain(..keep);
         }
@@ -247,7 +254,12 @@ impl Disk {
     /// Pops the oldest events beyond the limits (keeping the newest); returns the last
     /// sequence number to delete.
     fn trim_plan(&mut self) -> Option<i64> {
-        trim(&mut self.window, &mut self.bytes, self.max_events, self.max_bytes)
+        trim(
+            &mut self.window,
+            &mut self.bytes,
+            self.max_events,
+            self.max_bytes,
+        )
     }
 
     /// Records evicted from memory: deleted with the next commit.
@@ -308,7 +320,8 @@ impl Disk {
                 "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for (source, key, r) in records {
-                let state = serde_json::to_string(&r.state).map_err(|e| DiskError(e.to_string()))?;
+                let state =
+                    serde_json::to_string(&r.state).map_err(|e| DiskError(e.to_string()))?;
                 let last = r.last.as_ref();
                 upsert.execute(params![
                     source,
@@ -323,7 +336,8 @@ impl Disk {
                     last.and_then(|e| e.retry.map(|r| r as i64)),
                 ])?;
             }
-            let mut delete = tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
             for (source, key) in &self.forget {
                 if !records.iter().any(|(s, k, _)| s == source && k == key) {
                     delete.execute(params![source, key])?;

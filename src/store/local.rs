@@ -179,11 +179,12 @@ impl LocalStore {
         let mut evicted = Vec::new();
         for w in records {
             let last = w.event.and_then(|i| committed.get(i).cloned().flatten());
-            evicted.extend(
-                inner
-                    .records
-                    .put((source.to_string(), w.key), w.state, last, changed_at),
-            );
+            evicted.extend(inner.records.put(
+                (source.to_string(), w.key),
+                w.state,
+                last,
+                changed_at,
+            ));
         }
         if let Some(disk) = inner.disk.as_mut() {
             // Records pushed out of the bounded state leave the database with the next
@@ -245,10 +246,7 @@ impl Backend for LocalStore {
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
         let inner = self.lock();
-        let last_event_id = self
-            .hub
-            .last_id()
-            .unwrap_or_else(|| "earliest".to_string());
+        let last_event_id = self.hub.last_id().unwrap_or_else(|| "earliest".to_string());
         let events = inner.records.matching(subscription);
         drop(inner);
         let records = events.iter().map(|e| SnapshotRecord::of(e)).collect();

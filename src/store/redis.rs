@@ -171,10 +171,7 @@ fn content_digest(draft: &EventDraft) -> String {
     hash.update(event_type.as_bytes());
     hash.update([draft.private as u8]);
     hash.update(draft.data.as_bytes());
-    hash.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Names of the Redis keys relais uses, under one prefix.
@@ -366,7 +363,11 @@ impl RedisStore {
         for d in drafts {
             invocation
                 .arg(&d.id)
-                .arg(if checked { content_digest(d) } else { String::new() })
+                .arg(if checked {
+                    content_digest(d)
+                } else {
+                    String::new()
+                })
                 .arg(serde_json::to_string(&d.topics).unwrap_or_else(|_| "[]".into()))
                 .arg(d.event_type.as_deref().unwrap_or(""))
                 .arg(&d.data)
@@ -632,10 +633,7 @@ impl Backend for RedisStore {
         )
     }
 
-    fn alert_queue(
-        &self,
-        capacity: usize,
-    ) -> BoxFuture<'_, Result<super::AlertQueue, StoreError>> {
+    fn alert_queue(&self, capacity: usize) -> BoxFuture<'_, Result<super::AlertQueue, StoreError>> {
         use crate::alerts::sender::{QueueReader, QueueWriter};
         async move {
             let (w, r) = crate::alerts::redis_queue::redis_queue(
