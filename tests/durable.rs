@@ -62,7 +62,16 @@ fn data(e: &relais::hub::sse::ParsedEvent) -> Value {
 async fn a_subscriber_resumes_across_a_restart_and_records_keep_their_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut relais = Relais::start_in(dir.path(), &env(), None);
-    assert!(relais.logged("store: on disk"));
+    // The start-up lines follow "listening on": wait for the store's.
+    let mut announced = false;
+    for _ in 0..50 {
+        announced = relais.logged("store: on disk");
+        if announced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(announced, "the store is announced as on disk");
     let tok = reader();
     let mut sub = SseClient::connect(&relais, "topic=interventions", Some(&tok), &[]).await;
     let rows: Vec<Value> = (1..=5).map(|i| row(i, "En cours", "Urgente")).collect();

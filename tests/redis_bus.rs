@@ -35,6 +35,7 @@ async fn publish_on_one_instance_reaches_subscribers_of_both() {
         "same order everywhere"
     );
     assert!(on_b.events(1, QUIET).await.is_empty(), "no duplicate");
+    // Start-up lines are all written by now (events went through this instance).
     assert!(a.logged("store: Redis"));
 }
 
