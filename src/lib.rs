@@ -4,7 +4,8 @@
 //!
 //! The modules follow the path of an event:
 //! - [`ingest`]: webhook sources turned into events (pure parsing and normalization);
-//! - [`bus`]: where events are published (in-process, or Redis for several instances);
+//! - [`store`]: where events and record states are kept (memory, disk, or Redis for
+//!   several instances), behind one seam;
 //! - [`hub`]: topics, history and fan-out to subscribers;
 //! - [`alerts`]: Matrix / Tchap notices when a record enters an alert state;
 //! - [`http`]: SSE subscribe, publish, webhooks, auth and operations endpoints;
@@ -16,10 +17,10 @@
 
 pub mod alerts;
 pub mod auth;
-pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod server;
+pub mod store;
 pub mod telemetry;

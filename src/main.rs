@@ -114,10 +114,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration, checked by `config` and by ingestion (its sources).
+fn load(file: Option<&std::path::Path>) -> Result<Config, String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    relais::ingest::check_sources(&config).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = load(config.as_deref())?;
             relais::telemetry::init_logging(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -139,7 +146,7 @@ fn run(cli: Cli) -> Result<(), String> {
             ttl,
             config,
         } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = load(config.as_deref())?;
             let keys = KeyMaterial::load_or_create(&config).map_err(|e| e.to_string())?;
             let minter = TokenMinter::new(&keys, &config).map_err(|e| e.to_string())?;
             let token = if format == "1.0" {
@@ -175,7 +182,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = load(config.as_deref())?;
             let keys = KeyMaterial::load_or_create(&config).map_err(|e| e.to_string())?;
             relais::auth::Authenticator::new(&keys, &config).map_err(|e| e.to_string())?;
             println!("# relais: configuration is valid; effective settings (secrets masked):");

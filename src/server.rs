@@ -1,4 +1,4 @@
-//! `relais serve`: assembles the hub, the bus and the router, listens, and shuts down
+//! `relais serve`: assembles the hub, the store and the router, listens, and shuts down
 //! gracefully on SIGTERM or Ctrl-C.
 
 use std::sync::Arc;
@@ -8,11 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::keys::KeyOrigin;
 use crate::auth::{Authenticator, KeyMaterial, KeySetupError};
-use crate::bus::{Bus, RedisBus};
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
 use crate::ingest::{Ingestor, Source};
+use crate::store::Store;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +23,9 @@ pub enum ServeError {
     /// The configuration is not usable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// Redis was configured but could not be reached.
+    /// The store (Redis, or the database in the state directory) could not be opened.
     #[error(transparent)]
-    Redis(#[from] crate::bus::redis::RedisConnectError),
+    Store(#[from] crate::store::OpenError),
     /// The Matrix alert client could not be set up.
     #[error(transparent)]
     Alerts(#[from] crate::alerts::ClientError),
@@ -56,23 +56,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let auth = Arc::new(Authenticator::new(&keys, &config)?);
     let hub = Arc::new(
         Hub::new(config.hub.history_size, config.hub.subscriber_backlog)
-            .with_subscriber_queue_bytes(config.hub.subscriber_queue_bytes),
+            .with_subscriber_queue_bytes(config.hub.subscriber_queue_bytes)
+            .with_history_bytes(config.hub.history_bytes),
     );
     let shutdown = CancellationToken::new();
-    let bus = match &config.redis.url {
-        None => Bus::local(hub.clone()),
-        Some(url) => Bus::Redis(Box::new(
-            RedisBus::connect(
-                url.expose(),
-                config.redis.key_prefix.as_deref().unwrap_or("relais:"),
-                config.hub.history_size,
-                hub.clone(),
-                shutdown.clone(),
-            )
-            .await?,
-        )),
-    };
-    let ingest = Arc::new(Ingestor::new(&config, bus.clone())?);
+    // Loads stored history and record states into the hub before anything listens.
+    let store = Store::open(&config, hub.clone(), shutdown.clone()).await?;
+    let ingest = Arc::new(Ingestor::new(&config, store.clone())?);
     let addr = config.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
@@ -84,10 +74,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         addr: addr.to_string(),
         source,
     })?;
-    announce(&config, &keys.origin, &bus, &ingest, local);
-    // Attached to the hub before the first request (and after the Redis bus loaded its
+    announce(&config, &keys.origin, &store, &ingest, local);
+    // Attached to the hub before the first request (and after the store loaded its
     // history, so past events raise no alert), beside ingestion and streaming.
-    let _alerts = crate::alerts::start(&config.matrix, &hub, &bus, shutdown.clone()).await?;
+    let queue = if config.matrix.enabled() {
+        store
+            .alert_queue(config.matrix.queue_size)
+            .await
+            .map_err(|e| crate::alerts::ClientError::Queue(e.to_string()))?
+    } else {
+        crate::alerts::sender::memory_queue(1)
+    };
+    let _alerts = crate::alerts::start(&config.matrix, &hub, queue, shutdown.clone())?;
 
     let webhook_ids = Arc::new(crate::ingest::replay::SeenWebhooks::new(
         config.server.webhook_id_cache,
@@ -95,7 +93,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let state = AppState {
         config: Arc::new(config),
         hub,
-        bus,
+        store,
         auth,
         shutdown: shutdown.clone(),
         metrics,
@@ -112,7 +110,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 fn announce(
     config: &Config,
     origin: &KeyOrigin,
-    bus: &Bus,
+    store: &Store,
     ingest: &Ingestor,
     local: std::net::SocketAddr,
 ) {
@@ -120,7 +118,7 @@ fn announce(
     tracing::info!(
         "subscribe: GET http://{local}/.well-known/mercure?topic=...  publish: POST same URL"
     );
-    tracing::info!("bus: {}", bus.describe());
+    tracing::info!("store: {}", store.describe());
     let key = match origin {
         KeyOrigin::Configured => "jwt.secret from configuration".to_string(),
         KeyOrigin::Generated(p) => format!("generated a new key in {}", p.display()),
@@ -148,10 +146,11 @@ fn announce(
     for (name, source) in &config.sources {
         announce_source(local, name, source, ingest.source(name));
     }
-    if !config.sources.is_empty() {
-        tracing::info!("record state: {}", ingest.store().describe());
-    }
-    tracing::info!("history: last {} events", config.hub.history_size);
+    tracing::info!(
+        "history: last {} events, at most {} bytes of data",
+        config.hub.history_size,
+        config.hub.history_bytes
+    );
 }
 
 /// One line per source: its webhook URL, auth mode, event type and topics (never a

@@ -258,7 +258,8 @@ async fn malformed_requests_are_refused_and_change_nothing() {
     let r = publish(&relais, &tok, &[("topic", "t"), ("data", big.as_str())]).await;
     assert_eq!(r.status(), 413);
 
-    // A duplicate publisher ID is refused and the first event stays the only one.
+    // A publisher ID reused for another update is refused (an identical retry is
+    // answered 200 and publishes nothing), and the first event stays the only one.
     assert_eq!(
         publish(&relais, &tok, &[("topic", "t"), ("id", "same")])
             .await
@@ -266,9 +267,13 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         200
     );
     assert_eq!(
-        publish(&relais, &tok, &[("topic", "t"), ("id", "same")])
-            .await
-            .status(),
+        publish(
+            &relais,
+            &tok,
+            &[("topic", "t"), ("id", "same"), ("data", "other")]
+        )
+        .await
+        .status(),
         409
     );
     let seen = watcher.events(3, QUIET).await;

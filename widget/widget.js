@@ -10,7 +10,8 @@
 //   subscribe token are widget options (onOptions / setOption, settings panel through
 //   onEditOptions). `?standalone` forces standalone mode even when framed.
 // - Standalone mode: relay URL = the page's origin, token from `?token=` (or the settings
-//   form), and the initial list is the stream's retained history (`lastEventID=earliest`).
+//   form); the initial list is relais' current state (`GET /state?topic=interventions`),
+//   then the stream from the snapshot's `lastEventID` (no gap, no duplicate).
 //
 // All record text goes through textContent / createTextNode: never innerHTML with data.
 //
@@ -376,7 +377,8 @@ export class LiveStream {
     this.relayUrl = opts.relayUrl || '';
     this.token = opts.token || '';
     this.topics = opts.topics || [TOPIC];
-    // 'earliest' (standalone: the stream's history is the snapshot) or 'now' (Grist: the
+    // 'snapshot' (standalone: the relay's /state is the snapshot, then the stream from its
+    // lastEventID), 'earliest' (the stream's history is the snapshot) or 'now' (Grist: the
     // table is the snapshot).
     this.initialFrom = opts.initialFrom || 'now';
     this.backoffBaseMs = opts.backoffBaseMs ?? null;
@@ -451,6 +453,31 @@ export class LiveStream {
     return { url: url.toString(), from };
   }
 
+  /** GET /state for the topics: the snapshot object, or 'auth' / 'closed' on failure. */
+  async fetchSnapshot(signal) {
+    const base = this.relayUrl.replace(/\/+$/, '');
+    const url = new URL(`${base}/state`, window.location.href);
+    for (const t of this.topics) url.searchParams.append('topic', t);
+    const resp = await fetch(url.toString(), {
+      headers: { Accept: 'application/json', Authorization: `Bearer ${this.token}` },
+      cache: 'no-store',
+      signal,
+    });
+    if (resp.status === 401 || resp.status === 403) {
+      let message = '';
+      try { message = (await resp.json()).message || ''; } catch { /* not JSON */ }
+      this.authFailed = true;
+      this.setState('offline', 'jeton refusé');
+      if (this.cb.onAuthError) this.cb.onAuthError(resp.status, message);
+      return 'auth';
+    }
+    if (!resp.ok) {
+      if (this.cb.onHttpError) this.cb.onHttpError(resp.status);
+      return 'closed';
+    }
+    return resp.json();
+  }
+
   /** Runs for ever (until `stop`). */
   async run() {
     this.running = true;
@@ -498,7 +525,6 @@ export class LiveStream {
     let purposeful = false;
     const onPurpose = () => { purposeful = true; };
     ctrl.signal.addEventListener('abort', onPurpose);
-    const { url, from } = this.buildUrl();
     if (this.state !== 'reconnecting') this.setState('connecting', '');
     this.connections += 1;
     let idleTimer = null;
@@ -512,6 +538,17 @@ export class LiveStream {
     };
     try {
       idle();
+      // Standalone: without a position in the stream, load the current state first and
+      // stream from the position it was taken at (no gap, no duplicate).
+      let snapshotted = false;
+      if (this.initialFrom === 'snapshot' && this.lastEventId === null) {
+        const snap = await this.fetchSnapshot(ctrl.signal);
+        if (typeof snap === 'string') return snap;
+        this.lastEventId = snap.lastEventID || 'earliest';
+        if (this.cb.onSnapshot) this.cb.onSnapshot(snap.records || []);
+        snapshotted = true;
+      }
+      const { url, from } = this.buildUrl();
       const resp = await fetch(url, {
         headers: { Accept: 'text/event-stream', Authorization: `Bearer ${this.token}` },
         cache: 'no-store',
@@ -530,10 +567,17 @@ export class LiveStream {
         return 'closed';
       }
       const gap = from !== null && from !== 'earliest' && resp.headers.get('Last-Event-ID') === 'earliest';
-      const fullLoad = (from === 'earliest' && !this.synced) || gap;
+      if (gap && this.initialFrom === 'snapshot') {
+        // The position is no longer retained: load the state again.
+        this.lastEventId = null;
+        if (this.cb.onGap) this.cb.onGap();
+        ctrl.abort();
+        return 'restart';
+      }
+      const fullLoad = snapshotted || (from === 'earliest' && !this.synced) || gap;
       this.synced = true;
       if (gap) this.lastEventId = null;
-      if (this.cb.onOpen) this.cb.onOpen({ fullLoad, gap, from });
+      if (this.cb.onOpen) this.cb.onOpen({ fullLoad, gap, from, snapshotted });
 
       const parser = new SseParser();
       const decoder = new TextDecoder();
@@ -650,8 +694,18 @@ export class Dashboard {
 
   // -- stream callbacks ----------------------------------------------------------------
 
-  onOpen({ fullLoad, gap }) {
-    if (fullLoad) {
+  /** Standalone: the relay's current state replaces the view (no toast, no flash). */
+  onSnapshot(records) {
+    this.overlay.clear();
+    for (const r of records) {
+      if (r.type !== EVENT_TYPE || !r.data || typeof r.data !== 'object') continue;
+      this.applyEvent(r.data);
+    }
+    this.scheduleRender();
+  }
+
+  onOpen({ fullLoad, gap, snapshotted }) {
+    if (fullLoad && !snapshotted) {
       // Standalone: the stream's history is the snapshot, rebuilt from scratch. Grist: the
       // table's records stay the base; only what came from events is dropped.
       this.overlay.clear();
@@ -932,6 +986,8 @@ export class Dashboard {
       callbacks: {
         onState: (s, d) => this.onState(s, d),
         onOpen: (o) => this.onOpen(o),
+        onSnapshot: (r) => this.onSnapshot(r),
+        onGap: () => { this.pendingGapNotice = true; },
         onEvents: (e, o) => this.onEvents(e, o),
         onReplayDone: () => this.onReplayDone(),
         onAuthError: (s, m) => this.onAuthError(s, m),
@@ -956,7 +1012,7 @@ export class Dashboard {
     } else {
       try { token = sessionStorage.getItem('relais.widget.token') || ''; } catch { /* storage off */ }
     }
-    this.makeStream(window.location.origin, token, 'earliest');
+    this.makeStream(window.location.origin, token, 'snapshot');
     this.render();
     this.stream.run();
     if (!token) this.openSettings("Saisissez un jeton d'abonnement pour afficher les interventions.");

@@ -124,6 +124,20 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000_000)]
     pub pushpin_message_hwm: u64,
 
+    /// Instead of a workload: post this many Grist rows, then time `GET /state` of all of
+    /// them (`--state-samples` requests), e.g. 10000 for an audit of 10,000 modules.
+    #[arg(long, default_value_t = 0)]
+    pub state_records: usize,
+
+    /// Requests timed with `--state-records`.
+    #[arg(long, default_value_t = 50)]
+    pub state_samples: usize,
+
+    /// Start relais with history and record state in memory only (`hub.persist =
+    /// false`), the reference for the disk store's ingestion figures.
+    #[arg(long)]
+    pub memory: bool,
+
     /// Keep the per-second progress lines off stderr.
     #[arg(long)]
     pub quiet: bool,

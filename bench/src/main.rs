@@ -16,6 +16,7 @@ mod procstat;
 mod pushpin;
 mod relais_proc;
 mod report;
+mod state;
 mod subscribers;
 mod wire;
 mod workload;
@@ -132,6 +133,21 @@ async fn run(args: Args) -> Result<(), String> {
         Ingest::Mercure => "mercure",
         Ingest::Grist => "grist",
     };
+    if args.state_records > 0 {
+        let mut target = relais_proc::RelaisTarget::start(&args)?;
+        let figures = state::measure(
+            target.addr,
+            &format!("/hooks/grist/{}", args.source),
+            &target.hook_auth,
+            &target.subscribe_token,
+            args.state_records,
+            args.state_samples,
+        )
+        .await;
+        target.stop();
+        figures?.print();
+        return Ok(());
+    }
     let relais = {
         let mut target = relais_proc::RelaisTarget::start(&args)?;
         let topics = args.topic_count();

@@ -118,6 +118,9 @@ impl RelaisTarget {
             )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
+        if args.memory {
+            cmd.env("RELAIS_HUB__PERSIST", "false");
+        }
         if let Some(url) = &args.redis {
             cmd.env("RELAIS_REDIS__URL", url);
         }

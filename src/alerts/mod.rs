@@ -15,6 +15,7 @@
 //! `relais_alerts_dropped_total{reason}`, `relais_alerts_missed_events_total`,
 //! `relais_matrix_sends_total{result}`.
 
+pub mod alert;
 pub mod matrix;
 pub mod message;
 pub mod redis_queue;
@@ -27,7 +28,6 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
 use crate::config::MatrixConfig;
 use crate::hub::{Event, Hub, ResumeFrom};
 
@@ -44,12 +44,13 @@ pub struct Alerts {
     pub sender: JoinHandle<()>,
 }
 
-/// Starts the alert tasks when Matrix is configured (`Ok(None)` otherwise). The hub
+/// Starts the alert tasks when Matrix is configured (`Ok(None)` otherwise), posting
+/// through `queue` (the store's alert queue: in process, or shared in Redis). The hub
 /// subscription is taken before this returns, so no event committed afterwards is missed.
-pub async fn start(
+pub fn start(
     config: &MatrixConfig,
     hub: &Arc<Hub>,
-    bus: &Bus,
+    queue: (QueueWriter, QueueReader),
     shutdown: CancellationToken,
 ) -> Result<Option<Alerts>, ClientError> {
     if !config.enabled() {
@@ -64,23 +65,7 @@ pub async fn start(
         retry_initial: config.retry_initial,
         retry_max: config.retry_max,
     };
-    let (writer, reader) = match bus {
-        Bus::Local(_) => sender::memory_queue(config.queue_size),
-        Bus::Redis(redis) => {
-            let (w, r) = redis_queue::redis_queue(
-                redis.client(),
-                redis.connection(),
-                redis.keys().prefix(),
-                config.queue_size,
-            )
-            .await
-            .map_err(|e| ClientError::Queue(e.to_string()))?;
-            (
-                QueueWriter::Redis(Box::new(w)),
-                QueueReader::Redis(Box::new(r)),
-            )
-        }
-    };
+    let (writer, reader) = queue;
     let live = hub.attach(&ResumeFrom::Now).live;
     let names: Vec<String> = rules
         .all()
@@ -268,14 +253,12 @@ mod tests {
     #[tokio::test]
     async fn start_does_nothing_without_matrix() {
         let hub = Arc::new(Hub::new(10, 16));
-        let bus = Bus::local(hub.clone());
         let started = start(
             &MatrixConfig::default(),
             &hub,
-            &bus,
+            sender::memory_queue(1),
             CancellationToken::new(),
         )
-        .await
         .unwrap();
         assert!(started.is_none());
         assert_eq!(hub.receiver_count(), 0);

@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Value};
 
-use super::sender::{Alert, PushError};
+use super::alert::{Alert, PushError};
 
 /// Consumer group of the senders.
 const GROUP: &str = "senders";

@@ -39,6 +39,26 @@ pub mod serde_human {
     }
 }
 
+/// Serde adapter for optional `Duration` fields (absent: `None`).
+pub mod serde_human_option {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the duration in humantime form (only called when set).
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::serde_human::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads `"15s"` or `15`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::serde_human::deserialize(d).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::auth::{AuthError, Generation};
-use crate::bus::BusError;
+use crate::store::StoreError;
 
 /// A refused request.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub enum ApiError {
         /// Why.
         message: String,
     },
-    /// 503: the bus is unavailable; retry later.
+    /// 503: the store is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
     /// 408: the request body did not arrive within `server.body_timeout`.
@@ -157,11 +157,11 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         match e {
-            BusError::Unavailable(_) => ApiError::Unavailable(format!("{e}; retry later")),
-            BusError::Commit(c) => ApiError::Conflict(c.to_string()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(format!("{e}; retry later")),
+            StoreError::Conflict(_) => ApiError::Conflict(e.to_string()),
         }
     }
 }

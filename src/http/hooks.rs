@@ -205,8 +205,7 @@ async fn receive(
         }
     };
     let summary = result.map_err(|e| match e {
-        IngestError::Bus(e) => ApiError::from(e),
-        IngestError::Store(e) => ApiError::Unavailable(format!("{e}; retry later")),
+        IngestError::Store(e) => ApiError::from(e),
         IngestError::UnknownSource => ApiError::NotFound(format!("no source named {name:?}")),
     })?;
     outcome.summary = Some(summary);

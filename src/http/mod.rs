@@ -9,6 +9,7 @@ pub mod ops;
 pub mod publish;
 pub mod query;
 pub mod serve;
+pub mod state;
 pub mod subscribe;
 pub mod widget;
 
@@ -23,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Authenticator;
-use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::Ingestor;
+use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -35,15 +36,15 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Local fan-out and history.
     pub hub: Arc<Hub>,
-    /// Where publishes go.
-    pub bus: Bus,
+    /// Where events and record states are committed (memory, disk or Redis).
+    pub store: Store,
     /// Token verification.
     pub auth: Arc<Authenticator>,
     /// Cancelled on SIGTERM: streams end so clients reconnect elsewhere.
     pub shutdown: CancellationToken,
     /// Renders `/metrics` (absent when no recorder is installed).
     pub metrics: Option<PrometheusHandle>,
-    /// Webhook sources, record state and the path to the bus.
+    /// Webhook sources, turned into events in the store.
     pub ingest: Arc<Ingestor>,
     /// Standard Webhooks message IDs accepted recently (replays are refused).
     pub webhook_ids: Arc<crate::ingest::replay::SeenWebhooks>,
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
             MERCURE_PATH,
             get(subscribe::subscribe).post(publish::publish_route),
         )
+        .route("/state", get(state::state))
         .route("/hooks/grist/{source}", post(hooks::grist_hook))
         .route("/hooks/hub/{source}", post(hooks::hub_hook))
         .route("/healthz", get(ops::healthz))

@@ -12,14 +12,14 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: the bus can take events.
+/// `GET /readyz`: the store can take events.
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     if app.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else if app.bus.ready().await {
+    } else if app.store.ready().await {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
     }
 }
 

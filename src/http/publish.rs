@@ -13,6 +13,7 @@ use super::query::QueryPairs;
 use super::AppState;
 use crate::auth::Generation;
 use crate::hub::EventDraft;
+use crate::store::Published;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -63,9 +64,18 @@ pub async fn publish(
             "the token's {claim} does not cover topic {topic:?}"
         )));
     }
-    let ids = app.bus.publish(vec![draft]).await?;
-    let id = ids.into_iter().next().unwrap_or_default();
-    tracing::debug!(subject = identity.subject.as_deref().unwrap_or("-"), %id, "published");
+    // A retry of an update still retained answers its ID again and publishes nothing;
+    // the same ID with other content is a conflict (409).
+    let published = app.store.publish(draft).await?;
+    let id = published.id().to_string();
+    match published {
+        Published::New(_) => {
+            tracing::debug!(subject = identity.subject.as_deref().unwrap_or("-"), %id, "published")
+        }
+        Published::Repeated(_) => {
+            tracing::debug!(subject = identity.subject.as_deref().unwrap_or("-"), %id, "repeated publish: already retained, nothing published")
+        }
+    }
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

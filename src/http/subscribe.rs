@@ -150,6 +150,41 @@ pub async fn subscribe(
     Ok(response)
 }
 
+/// A request that passed the checks shared by subscribing and `/state`.
+pub struct Authorized {
+    /// The selectors asked for and the token's claims.
+    pub subscription: Subscription,
+    /// The token's subject, for the session log line.
+    pub subject: Option<String>,
+    /// When the token expires.
+    pub expires_at: Option<SystemTime>,
+    /// The protocol generation of the request (its error form and resume headers).
+    pub generation: Generation,
+}
+
+/// The checks shared by subscribing and `/state`: the request's selectors (0.x `topic`,
+/// 1.0 `match` / `match_urlpattern`), its token (any transport of its generation) and the
+/// token's claims. Errors come in the request's generation's form.
+pub fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: &QueryPairs,
+) -> Result<Authorized, ApiError> {
+    let (generation, params) = query.selectors()?;
+    let Checked {
+        selectors,
+        claims,
+        subject,
+        expires_at,
+    } = check(app, headers, query, generation, &params).map_err(|e| e.in_form(generation))?;
+    Ok(Authorized {
+        subscription: Subscription { selectors, claims },
+        subject,
+        expires_at,
+        generation,
+    })
+}
+
 /// Checks a subscribe request (selectors, token, claims, resume point) and attaches it to
 /// the hub. Used by the handler above and by the lean SSE path of [`super::serve`].
 pub async fn prepare(
@@ -158,22 +193,20 @@ pub async fn prepare(
     raw_query: Option<&str>,
 ) -> Result<Prepared, ApiError> {
     let query = QueryPairs::parse(raw_query);
-    let (generation, params) = query.selectors()?;
-    let Checked {
-        selectors,
-        claims,
+    let Authorized {
+        subscription,
         subject,
         expires_at,
-    } = check(&app, headers, &query, generation, &params).map_err(|e| e.in_form(generation))?;
+        generation,
+    } = authorize(&app, headers, &query)?;
     let resume = resume_point(headers, &query, generation);
     if let ResumeFrom::After(id) = &resume {
         if !app.hub.retains(id) {
             // Another instance may have sent it moments ago: let this one catch up.
-            app.bus.catch_up().await;
+            app.store.catch_up().await;
         }
     }
 
-    let subscription = Subscription { selectors, claims };
     let subscriber = app.hub.subscribe(subscription.clone(), &resume);
     let gap = subscriber.history_gap;
     let resumed_from = (generation == Generation::V1)

@@ -111,6 +111,61 @@ pub fn delivery_counter(source: &str, event_type: Option<&str>) -> metrics::Coun
     )
 }
 
+/// An event's data, kept once: for one-line data (every normalized event's JSON) it is
+/// the slice of the SSE frame that holds it, so history does not store it twice; other
+/// data keeps its own copy. Reads as `&str`.
+#[derive(Debug, Clone)]
+pub struct Payload(Bytes);
+
+impl Payload {
+    /// The data within `frame` when the frame ends with `data: <data>\n\n`, else a copy.
+    fn within(frame: &Bytes, data: String) -> Self {
+        let tail = data.len() + 2;
+        let start = frame.len().saturating_sub(tail);
+        let shared = frame.len() >= tail + 6
+            && frame[start - 6..start] == *b"data: "
+            && frame[start..frame.len() - 2] == *data.as_bytes()
+            && frame.ends_with(b"\n\n");
+        if shared {
+            Payload(frame.slice(start..frame.len() - 2))
+        } else {
+            Payload(Bytes::from(data))
+        }
+    }
+
+    /// Whether the data shares the frame's bytes (tests).
+    pub fn shares(&self, frame: &Bytes) -> bool {
+        let (f, d) = (frame.as_ptr() as usize, self.0.as_ptr() as usize);
+        d >= f && d + self.0.len() <= f + frame.len()
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Built from a `String` (or a slice of one at line boundaries): always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl PartialEq<String> for Payload {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == *other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Payload {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == *other.as_bytes()
+    }
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
 /// A committed event.
 #[derive(Debug)]
 pub struct Event {
@@ -122,8 +177,8 @@ pub struct Event {
     pub topics: Vec<String>,
     /// `event:` type.
     pub event_type: Option<String>,
-    /// Payload.
-    pub data: String,
+    /// Payload (shared with `frame` when it is one line).
+    pub data: Payload,
     /// Private update.
     pub private: bool,
     /// Producer, for metrics.
@@ -157,12 +212,34 @@ impl Event {
             id: draft.id,
             topics: draft.topics,
             event_type: draft.event_type,
-            data: draft.data,
+            data: Payload::within(&frame, draft.data),
             private: draft.private,
             source: draft.source,
             frame,
             committed_at: Instant::now(),
             delivered,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_data_is_kept_once_inside_the_frame() {
+        let one = Event::new(
+            1,
+            EventDraft::new(vec!["t".into()], r#"{"a":1}"#)
+                .with_id("x")
+                .with_type("y"),
+        );
+        assert_eq!(one.data, r#"{"a":1}"#);
+        assert!(one.data.shares(&one.frame), "no second copy");
+        let lines = Event::new(2, EventDraft::new(vec!["t".into()], "a\nb").with_id("z"));
+        assert_eq!(&*lines.data, "a\nb");
+        assert!(!lines.data.shares(&lines.frame));
+        let empty = Event::new(3, EventDraft::new(vec!["t".into()], "").with_id("e"));
+        assert_eq!(empty.data, "");
     }
 }

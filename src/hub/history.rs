@@ -36,10 +36,18 @@ pub struct Replay {
     pub gap: bool,
 }
 
-/// The last `capacity` events, indexed by ID.
+/// Bytes an event counts for in the byte bound: its data and ID (the SSE frame the
+/// hub also keeps is of the same order; both are bounded through this figure).
+pub fn event_size(id: &str, data: &str) -> usize {
+    id.len() + data.len()
+}
+
+/// The last `capacity` events, at most `max_bytes` of them, indexed by ID.
 #[derive(Debug)]
 pub struct History {
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
     events: VecDeque<Arc<Event>>,
     seq_by_id: HashMap<String, u64>,
 }
@@ -49,20 +57,49 @@ impl History {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            max_bytes: usize::MAX,
+            bytes: 0,
             events: VecDeque::with_capacity(capacity.clamp(1, 65_536)),
             seq_by_id: HashMap::new(),
         }
     }
 
-    /// Appends an event, evicting the oldest beyond capacity.
+    /// Also bounds the history by bytes ([`event_size`]); the newest event is always
+    /// kept.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes.max(1);
+    }
+
+    /// Appends an event, evicting the oldest beyond capacity or bytes.
     pub fn push(&mut self, event: Arc<Event>) {
-        if self.events.len() == self.capacity {
+        self.bytes += event_size(&event.id, &event.data);
+        self.seq_by_id.insert(event.id.clone(), event.seq);
+        self.events.push_back(event);
+        while self.events.len() > 1
+            && (self.events.len() > self.capacity || self.bytes > self.max_bytes)
+        {
             if let Some(old) = self.events.pop_front() {
+                self.bytes -= event_size(&old.id, &old.data);
                 self.seq_by_id.remove(&old.id);
             }
         }
-        self.seq_by_id.insert(event.id.clone(), event.seq);
-        self.events.push_back(event);
+    }
+
+    /// Bytes retained ([`event_size`] of every event).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The retained event with this ID.
+    pub fn get(&self, id: &str) -> Option<&Arc<Event>> {
+        let seq = *self.seq_by_id.get(id)?;
+        let first = self.events.front()?.seq;
+        self.events.get(seq.checked_sub(first)? as usize)
+    }
+
+    /// The ID of the newest retained event.
+    pub fn last_id(&self) -> Option<&str> {
+        self.events.back().map(|e| e.id.as_str())
     }
 
     /// Whether an event with this ID is retained.
@@ -142,5 +179,28 @@ mod tests {
         assert_eq!(h.replay(&ResumeFrom::Earliest).events.len(), 3);
         assert_eq!(ResumeFrom::parse(Some("earliest")), ResumeFrom::Earliest);
         assert_eq!(ResumeFrom::parse(None), ResumeFrom::Now);
+        assert_eq!(h.get("c").map(|e| e.seq), Some(3));
+        assert!(h.get("a").is_none());
+        assert_eq!(h.last_id(), Some("d"));
+    }
+
+    #[test]
+    fn bounded_by_bytes_keeping_the_newest() {
+        let mut h = History::new(100);
+        h.set_max_bytes(10);
+        h.push(ev(1, "a")); // 2 bytes
+        h.push(ev(2, "b"));
+        h.push(ev(3, "c"));
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.bytes(), 6);
+        h.push(Arc::new(Event::new(
+            4,
+            EventDraft::new(vec!["t".into()], "0123456789").with_id("big"),
+        )));
+        // 13 bytes alone: only the newest stays.
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.bytes(), 13);
+        assert!(h.get("big").is_some());
+        assert!(!h.contains("a"));
     }
 }

@@ -167,6 +167,27 @@ impl Hub {
         self.lock().index.len()
     }
 
+    /// Also bounds the history by bytes (`hub.history_bytes`).
+    pub fn with_history_bytes(self, max_bytes: usize) -> Self {
+        self.lock().history.set_max_bytes(max_bytes);
+        self
+    }
+
+    /// The retained event with this ID (idempotent publishing, snapshots).
+    pub fn get(&self, id: &str) -> Option<Arc<Event>> {
+        self.lock().history.get(id).cloned()
+    }
+
+    /// The ID of the last committed event still retained (a snapshot's `lastEventID`).
+    pub fn last_id(&self) -> Option<String> {
+        self.lock().history.last_id().map(str::to_string)
+    }
+
+    /// Bytes of event data and IDs retained (see `hub.history_bytes`).
+    pub fn retained_bytes(&self) -> usize {
+        self.lock().history.bytes()
+    }
+
     /// Commits an event: gives it its sequence number, retains it and fans it out.
     pub fn commit(&self, draft: EventDraft) -> Result<Arc<Event>, CommitError> {
         let mut inner = self.lock();

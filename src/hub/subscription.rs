@@ -15,22 +15,24 @@ impl Subscription {
     /// Whether this subscriber receives `event`: one of its selectors matches one of the
     /// event's topics and, for a private update, one of its claims does too.
     pub fn wants(&self, event: &Event) -> bool {
-        let asked = event
-            .topics
+        self.permits(&event.topics, event.private)
+    }
+
+    /// [`Subscription::wants`] for an update known by its topics and privacy (a
+    /// snapshot's records).
+    pub fn permits(&self, topics: &[String], private: bool) -> bool {
+        let asked = topics
             .iter()
             .any(|t| self.selectors.iter().any(|s| s.matches(t)));
         if !asked {
             return false;
         }
-        if !event.private {
+        if !private {
             return true;
         }
         match &self.claims {
             None => false,
-            Some(claims) => event
-                .topics
-                .iter()
-                .any(|t| claims.iter().any(|c| c.matches(t))),
+            Some(claims) => topics.iter().any(|t| claims.iter().any(|c| c.matches(t))),
         }
     }
 }

@@ -446,6 +446,28 @@ pub struct GristSource {
     pub event_type: String,
     /// Publish as private updates.
     pub private: bool,
+    /// Column whose value orders versions of a row (`version_column`): a row older than
+    /// the known state by it is dropped as stale. `None`: rows apply in arrival order.
+    pub version_column: Option<String>,
+}
+
+/// The ordering value of a version column: a Date/DateTime (epoch seconds, or
+/// `["D", s, tz]`), any number, or RFC 3339 text, in milliseconds; `None` when empty or
+/// of another kind (such a row is not compared and applies).
+pub fn version_of(raw: Option<&Value>) -> Option<i64> {
+    let seconds = match raw? {
+        Value::Number(n) => n.as_f64(),
+        Value::Array(items) if matches!(items.first().and_then(Value::as_str), Some("D" | "d")) => {
+            items.get(1).and_then(Value::as_f64)
+        }
+        Value::String(text) => {
+            let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+            return i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+        }
+        _ => None,
+    }?;
+    let millis = (seconds * 1000.0).round();
+    (millis.is_finite() && millis.abs() < 9e18).then_some(millis as i64)
 }
 
 impl GristSource {
@@ -475,6 +497,10 @@ impl GristSource {
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| DEFAULT_EVENT_TYPE.into()),
             private: config.private,
+            version_column: config
+                .version_column
+                .clone()
+                .filter(|c| !c.trim().is_empty()),
         })
     }
 
@@ -486,11 +512,25 @@ impl GristSource {
     /// Decides which rows become events, given the known states by key.
     pub fn plan(&self, rows: &[GristRow], known: &HashMap<String, StoredRecord>) -> Plan {
         let mut plan = Plan::default();
-        let mut current: HashMap<String, &BTreeMap<String, Value>> =
-            known.iter().map(|(k, r)| (k.clone(), &r.values)).collect();
+        let mut current: HashMap<String, (&BTreeMap<String, Value>, Option<i64>)> = known
+            .iter()
+            .map(|(k, r)| (k.clone(), (&r.values, r.version)))
+            .collect();
         for row in rows {
             let key = Self::key(row);
-            match diff_row(current.get(&key).copied(), row, &self.mapping) {
+            let version = self
+                .version_column
+                .as_ref()
+                .and_then(|c| version_of(row.fields.get(c)));
+            let before = current.get(&key).copied();
+            // Last write wins by the version column: an older row is a late delivery.
+            if let (Some(new), Some((_, Some(old)))) = (version, before) {
+                if new < old {
+                    plan.stale += 1;
+                    continue;
+                }
+            }
+            match diff_row(before.map(|(values, _)| values), row, &self.mapping) {
                 None => plan.unchanged += 1,
                 Some(diff) => {
                     plan.events.push(PlannedEvent {
@@ -501,10 +541,10 @@ impl GristSource {
                         key.clone(),
                         StoredRecord {
                             values: row.fields.clone(),
-                            version: None,
+                            version,
                         },
                     );
-                    current.insert(key, &row.fields);
+                    current.insert(key, (&row.fields, version));
                 }
             }
         }
@@ -680,6 +720,40 @@ mod tests {
         assert!(ColumnMapping::from_overrides(&o)
             .unwrap_err()
             .contains("both map"));
+    }
+
+    #[test]
+    fn a_version_column_drops_rows_older_than_the_known_state() {
+        let config: SourceConfig =
+            toml::from_str("kind = \"grist\"\nsecret = \"s\"\nversion_column = \"Derniere_MAJ\"")
+                .unwrap();
+        let s = GristSource::from_config("cerema", &config).unwrap();
+        let at = |statut: &str, when: Value| {
+            let mut r = row(7, json!(statut));
+            r["Derniere_MAJ"] = when;
+            parse_rows(&json!([r]), &s.mapping).unwrap()
+        };
+        let newer = s.plan(&at("Terminé", json!(1_732_000_100)), &HashMap::new());
+        assert_eq!(newer.store[0].1.version, Some(1_732_000_100_000));
+        let known: HashMap<String, StoredRecord> = newer.store.into_iter().collect();
+        // Grist delivers an older version of the row late: dropped, nothing stored.
+        let late = s.plan(&at("En cours", json!(1_732_000_000.5)), &known);
+        assert_eq!((late.events.len(), late.stale, late.store.len()), (0, 1, 0));
+        // A newer one (here as RFC 3339 text) applies; within one batch too.
+        let next = s.plan(&at("Bloqué", json!("2024-11-19T07:15:00Z")), &known);
+        assert_eq!(next.events.len(), 1);
+        let (mut b1, mut b2) = (row(7, json!("B")), row(7, json!("A")));
+        b1["Derniere_MAJ"] = json!(1_732_000_300);
+        b2["Derniere_MAJ"] = json!(1_732_000_200);
+        let batch = parse_rows(&json!([b1, b2]), &s.mapping).unwrap();
+        let plan = s.plan(&batch, &known);
+        assert_eq!((plan.events.len(), plan.stale), (1, 1));
+        // Without the column, behaviour is as before: arrival order wins.
+        let plain = source().plan(&at("En cours", json!(1)), &known);
+        assert_eq!(plain.events.len(), 1);
+        assert_eq!(version_of(Some(&json!(["D", 1.5, "UTC"]))), Some(1500));
+        assert_eq!(version_of(Some(&Value::Null)), None);
+        assert_eq!(version_of(None), None);
     }
 
     #[test]

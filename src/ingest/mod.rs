@@ -10,9 +10,9 @@
 //! - [`replay`]: recently accepted Standard Webhooks message IDs (replays refused);
 //! - [`error`]: payload errors naming the row and field.
 //!
-//! [`state`] keeps the last known state of each record (bounded, in memory) and
-//! [`pipeline`] runs a request: load states, diff, publish on the bus, store states. The
-//! HTTP handlers are in `http::hooks`.
+//! [`pipeline`] runs a request through the store (`crate::store`): load the known
+//! states, diff, commit the events with the new states. The HTTP handlers are in
+//! `http::hooks`.
 
 pub mod diagpv;
 pub mod error;
@@ -21,9 +21,7 @@ pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod signature;
-pub mod state;
 pub mod topics;
 
 pub use error::InputError;
-pub use pipeline::{IngestError, Ingestor, Source, Summary};
-pub use state::{StateStore, StoreError};
+pub use pipeline::{check_sources, IngestError, Ingestor, Source, Summary};

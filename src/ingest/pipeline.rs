@@ -1,14 +1,11 @@
-//! The ingestion pipeline: parsed webhook records in, events on the bus out.
+//! The ingestion pipeline: parsed webhook records in, events in the store out.
 //!
-//! For one request: load the known states of the records, plan the events (pure),
-//! publish them on the bus, and only then store the new states. If the bus refuses,
-//! nothing is stored and the caller answers 503, so the sender's retry finds the same
-//! known states and produces the same events.
-//!
-//! In process, the source's lock keeps two deliveries from interleaving their
-//! read-diff-write. With Redis, the events and the states are written by one fenced
-//! script instead (see `state.rs`): deliveries run concurrently and one that raced over
-//! a record is planned again.
+//! For one request the store loads the known states of the records, this module plans
+//! the events (pure: `grist.rs`, `diagpv.rs`), and the store commits the events with the
+//! new record states atomically (one transaction on disk, one script in Redis) before
+//! the webhook is answered. If the store refuses, nothing is stored and the caller
+//! answers 503, so the sender's retry finds the same known states and produces the same
+//! events.
 
 use std::collections::HashMap;
 
@@ -16,12 +13,10 @@ use serde::Serialize;
 
 use super::diagpv::{HubSource, ModuleUpdate};
 use super::grist::{GristRow, GristSource};
-use super::record::Plan;
-use super::state::{RedisStateStore, StateStore, StoreError};
-use crate::bus::redis::Fenced;
-use crate::bus::{Bus, BusError};
+use super::record::{Plan, StoredRecord};
 use crate::config::{Config, ConfigError, SourceConfig, SourceKind};
 use crate::hub::EventDraft;
+use crate::store::{Batch, RecordWrite, Store, StoreError};
 
 /// A configured webhook source of either kind.
 #[derive(Debug, Clone)]
@@ -66,6 +61,34 @@ impl Source {
     }
 }
 
+/// Checks what the configuration of each source means to ingestion (topic templates,
+/// column mappings, Standard Webhooks keys); the error names the faulty key. Run after
+/// `Config::load` (which checks everything else), so that `config` needs nothing from
+/// `ingest`.
+pub fn check_sources(config: &Config) -> Result<(), ConfigError> {
+    for (name, source) in &config.sources {
+        Source::from_config(name, source)
+            .map_err(|e| ConfigError::Invalid(format!("sources.{name}.{e}")))?;
+        if source.kind == SourceKind::Hub {
+            if let Some(secret) = &source.secret {
+                let Ok(key) = super::signature::WebhookSecret::parse(secret.expose()) else {
+                    return Err(ConfigError::Invalid(format!(
+                        "sources.{name}.secret: a hub secret is a Standard Webhooks key: whsec_ followed by base64"
+                    )));
+                };
+                if let Err(e) =
+                    crate::config::secret_policy::check_webhook_key(secret.expose(), key.len())
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "sources.{name}.secret: the decoded key {e}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a webhook request amounted to (the 200 answer's body).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -82,75 +105,39 @@ pub struct Summary {
 /// Why a valid request could not be ingested (the sender should retry: HTTP 503).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// The record state store failed.
+    /// The store did not take the events.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The bus did not take the events.
-    #[error(transparent)]
-    Bus(#[from] BusError),
     /// No source of that name and kind (HTTP 404).
     #[error("no such source")]
     UnknownSource,
 }
 
-/// How many times a delivery replans after another instance changed its records.
-const MAX_CONFLICT_RETRIES: usize = 8;
-
 struct Entry {
     source: Source,
-    lock: tokio::sync::Mutex<()>,
 }
 
-/// Turns webhook records into events on the bus, keeping record state.
+/// Turns webhook records into events in the store, keeping record state.
 pub struct Ingestor {
     sources: HashMap<String, Entry>,
-    store: StateStore,
-    bus: Bus,
+    store: Store,
 }
 
 impl Ingestor {
-    /// The ingestor for the configured sources: record state in Redis with the Redis
-    /// bus, else in process (`hub.record_state_capacity` records).
-    pub fn new(config: &Config, bus: Bus) -> Result<Self, ConfigError> {
-        let store = match &bus {
-            Bus::Redis(redis) => StateStore::Redis(RedisStateStore::new(
-                redis.as_ref().clone(),
-                config.redis.state_ttl,
-            )),
-            Bus::Local(_) => StateStore::memory(config.hub.record_state_capacity),
-        };
-        Self::with_store(config, store, bus)
-    }
-
-    /// The ingestor with a given state store.
-    pub fn with_store(config: &Config, store: StateStore, bus: Bus) -> Result<Self, ConfigError> {
+    /// The ingestor for the configured sources, committing into `store`.
+    pub fn new(config: &Config, store: Store) -> Result<Self, ConfigError> {
         let mut sources = HashMap::new();
         for (name, source) in &config.sources {
             let source = Source::from_config(name, source)
                 .map_err(|e| ConfigError::Invalid(format!("sources.{name}.{e}")))?;
-            sources.insert(
-                name.clone(),
-                Entry {
-                    source,
-                    lock: tokio::sync::Mutex::new(()),
-                },
-            );
+            sources.insert(name.clone(), Entry { source });
         }
-        Ok(Self {
-            sources,
-            store,
-            bus,
-        })
+        Ok(Self { sources, store })
     }
 
     /// A configured source by name.
     pub fn source(&self, name: &str) -> Option<&Source> {
         self.sources.get(name).map(|e| &e.source)
-    }
-
-    /// The state store, for start-up messages.
-    pub fn store(&self) -> &StateStore {
-        &self.store
     }
 
     /// Ingests the parsed rows of a Grist webhook.
@@ -190,7 +177,7 @@ impl Ingestor {
         entry: &Entry,
         received: usize,
         mut keys: Vec<String>,
-        plan: impl Fn(&HashMap<String, super::record::StoredRecord>) -> Plan,
+        plan: impl Fn(&HashMap<String, StoredRecord>) -> Plan + Send + Sync,
     ) -> Result<Summary, IngestError> {
         let name = match &entry.source {
             Source::Grist(s) => &s.name,
@@ -201,8 +188,10 @@ impl Ingestor {
         let event_type = entry.source.event_type();
         let private = entry.source.private();
         // Moves each planned event into its draft: the payloads are not copied.
-        let drafts_of = |plan: &mut Plan| -> Vec<EventDraft> {
-            std::mem::take(&mut plan.events)
+        let batch = |known: &HashMap<String, StoredRecord>| -> Batch {
+            let plan = plan(known);
+            let events = plan
+                .events
                 .into_iter()
                 .map(|e| {
                     EventDraft::new(e.topics, e.data)
@@ -210,60 +199,22 @@ impl Ingestor {
                         .private(private)
                         .with_source(name.as_str())
                 })
-                .collect()
-        };
-        let (plan, published) = match &self.store {
-            StateStore::Memory(store) => {
-                // Two deliveries of one source never interleave their read-diff-write.
-                let _guard = entry.lock.lock().await;
-                let states = store.get_many(name, &keys);
-                let known = keys
-                    .into_iter()
-                    .zip(states)
-                    .filter_map(|(k, s)| s.map(|s| (k, s)))
-                    .collect();
-                let mut plan = plan(&known);
-                let published = plan.events.len();
-                if published > 0 {
-                    self.bus.publish(drafts_of(&mut plan)).await?;
-                }
-                // Stored only once the events are on the bus: if the bus refused, the
-                // sender's retry finds the same states and produces the same events.
-                store.put_many(name, std::mem::take(&mut plan.store));
-                (plan, published)
-            }
-            StateStore::Redis(store) => {
-                // No lock: deliveries run concurrently (on this instance as on others),
-                // and the fenced commit makes any that raced over a record replan.
-                let mut attempt = 0;
-                loop {
-                    let snapshot = store.load(name, &keys).await?;
-                    let mut planned = plan(&snapshot.known);
-                    let published = planned.events.len();
-                    if published == 0 && planned.store.is_empty() {
-                        break (planned, 0);
-                    }
-                    let drafts = drafts_of(&mut planned);
-                    match store
-                        .commit(name, &snapshot.fence, drafts, &planned.store)
-                        .await?
-                    {
-                        Fenced::Published(_) => break (planned, published),
-                        Fenced::Conflict if attempt < MAX_CONFLICT_RETRIES => {
-                            // Another instance changed one of these records meanwhile.
-                            attempt += 1;
-                            metrics::counter!("relais_ingest_conflicts_total", "source" => name.clone())
-                                .increment(1);
-                        }
-                        Fenced::Conflict => {
-                            return Err(IngestError::Bus(BusError::Unavailable(
-                                "records kept changing under concurrent deliveries; retry".into(),
-                            )))
-                        }
-                    }
-                }
+                .collect();
+            let records = plan
+                .store
+                .into_iter()
+                .zip(plan.last_event)
+                .map(|((key, state), event)| RecordWrite { key, state, event })
+                .collect();
+            Batch {
+                events,
+                records,
+                unchanged: plan.unchanged,
+                stale: plan.stale,
             }
         };
+        let done = self.store.ingest(name, &keys, &batch).await?;
+        let published = done.published;
         if published > 0 {
             metrics::counter!(
                 "relais_events_in_total",
@@ -272,7 +223,7 @@ impl Ingestor {
             )
             .increment(published as u64);
         }
-        for (reason, count) in [("unchanged", plan.unchanged), ("stale", plan.stale)] {
+        for (reason, count) in [("unchanged", done.unchanged), ("stale", done.stale)] {
             if count > 0 {
                 metrics::counter!(
                     "relais_ingest_dropped_total",
@@ -285,8 +236,8 @@ impl Ingestor {
         Ok(Summary {
             received,
             published,
-            unchanged: plan.unchanged,
-            stale: plan.stale,
+            unchanged: done.unchanged,
+            stale: done.stale,
         })
     }
 }
@@ -317,7 +268,7 @@ mod tests {
     #[tokio::test]
     async fn publishes_then_absorbs_retries() {
         let hub = Arc::new(Hub::new(100, 16));
-        let ingestor = Ingestor::new(&config(), Bus::local(hub.clone())).unwrap();
+        let ingestor = Ingestor::new(&config(), Store::memory(hub.clone(), &config())).unwrap();
         let src = match ingestor.source("cerema").unwrap() {
             Source::Grist(s) => s.clone(),
             Source::Hub(_) => panic!(),

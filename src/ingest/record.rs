@@ -123,6 +123,9 @@ pub struct Plan {
     /// New states to store (one per record key, the last one when a batch holds a
     /// record twice), only after the events are on the bus.
     pub store: Vec<(String, StoredRecord)>,
+    /// For each entry of `store`, the index in `events` of the record's new last event
+    /// (the event planned just before [`Plan::remember`] was called).
+    pub last_event: Vec<Option<usize>>,
     /// Records identical to their known state (retries, replays).
     pub unchanged: usize,
     /// Records older than their known state (late deliveries), dropped.
@@ -140,11 +143,19 @@ pub struct PlannedEvent {
 
 impl Plan {
     /// Records `record` as the new state of `key`, replacing an earlier one of the same
-    /// batch.
+    /// batch. Called right after pushing the record's event, which becomes its last
+    /// event.
     pub fn remember(&mut self, key: String, record: StoredRecord) {
-        match self.store.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = record,
-            None => self.store.push((key, record)),
+        let event = self.events.len().checked_sub(1);
+        match self.store.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                self.store[i].1 = record;
+                self.last_event[i] = event;
+            }
+            None => {
+                self.store.push((key, record));
+                self.last_event.push(event);
+            }
         }
     }
 }

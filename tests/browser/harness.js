@@ -52,12 +52,13 @@ export function freePort() {
 
 /**
  * Starts `relais serve`; resolves once it logged `listening on http://...`.
- * Options: port (0 = any), stateDir (reuse to restart with the same state).
+ * Options: port (0 = any), stateDir (reuse to restart with the same state), env (extra
+ * RELAIS_* variables).
  */
-export async function startRelais({ port = 0, stateDir } = {}) {
+export async function startRelais({ port = 0, stateDir, env = {} } = {}) {
   const dir = stateDir || mkdtempSync(path.join(os.tmpdir(), 'relais-widget-'));
   const proc = spawn(RELAIS_BIN, ['serve'], {
-    env: relaisEnv(dir, `127.0.0.1:${port}`),
+    env: { ...relaisEnv(dir, `127.0.0.1:${port}`), ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const logs = [];
@@ -294,6 +295,15 @@ export async function startProxy(targetPort) {
       for (const s of sockets) s.destroy();
       await new Promise((r) => server.close(() => r()));
     },
+  };
+}
+
+/** A row of the `Interventions` table in Grist's storage encoding, an hour old. */
+export function gristRow(id, { agent = 'Agent Test', location = `Rue ${id}`, statut = 'En cours', priorite = 'Normale' } = {}) {
+  return {
+    id, manualSort: id, ID: `INT-2024-${String(id).padStart(3, '0')}`, Agent: agent,
+    Localisation: location, Type: 'Voirie', Statut: statut, Priorite: priorite,
+    Derniere_MAJ: Math.floor(Date.now() / 1000) - 3600, Commentaire: '',
   };
 }
 

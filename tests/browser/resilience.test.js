@@ -1,13 +1,13 @@
 // The dashboard never misses an update: a cut network (TCP proxy dropped) is resumed from
-// the last event ID with nothing lost; a relais restart (history gone) is detected as a
-// gap and the view is rebuilt; the browser going offline shows "Hors ligne" and catches up
+// the last event ID with nothing lost; a relais restart resumes with no gap (history on
+// disk), and a memory-only restart is detected as a gap and the view is rebuilt; the browser going offline shows "Hors ligne" and catches up
 // when back online.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRelais, tokens, publish, intervention, launchBrowser, newPage, waitForState,
-  waitForStats, activeRows, waitForToast, artifact, startProxy, freePort,
+  waitForStats, activeRows, waitForToast, artifact, startProxy, freePort, postGristRows, gristRow,
 } from './harness.js';
 
 let browser;
@@ -22,7 +22,7 @@ test('network cut: reconnexion, then resume from the last event ID without loss'
   const proxy = await startProxy(relais.port);
   t.after(() => proxy.close());
 
-  await publish(relais, tok.publisher, intervention({ row_id: 1, agent: 'Marie Durand', location: 'Avenue A', change: 'add' }));
+  assert.equal(await postGristRows(relais, [gristRow(1, { agent: 'Marie Durand', location: 'Avenue A' })]), 200);
   const page = await newPage(browser);
   t.after(() => page.context().close());
   await page.goto(`${proxy.base}/widget/?token=${encodeURIComponent(tok.dashboard)}`);
@@ -64,14 +64,14 @@ test('network cut: reconnexion, then resume from the last event ID without loss'
   assert.deepEqual(page.errors, []);
 });
 
-test('relais restart: reconnexion, gap detected, view rebuilt, then live', async (t) => {
+test('relais restart: reconnexion and resume without loss (history kept on disk)', async (t) => {
   const port = await freePort();
   let relais = await startRelais({ port });
   const stateDir = relais.stateDir;
   t.after(() => relais.dispose());
   const tok = tokens(stateDir);
 
-  await publish(relais, tok.publisher, intervention({ row_id: 1, location: 'Avant redémarrage', change: 'add' }));
+  assert.equal(await postGristRows(relais, [gristRow(1, { location: 'Avant redémarrage' })]), 200);
   const page = await newPage(browser);
   t.after(() => page.context().close());
   await page.goto(`${relais.base}/widget/?token=${encodeURIComponent(tok.dashboard)}`);
@@ -81,17 +81,46 @@ test('relais restart: reconnexion, gap detected, view rebuilt, then live', async
   await relais.stop();
   await waitForState(page, 'reconnecting');
   const before = page.sseRequests.length;
-  // Same port, same state directory and key: the dashboard's token stays valid; the
-  // in-memory history is gone, so the last event ID is unknown to the new process.
+  // Same port and state directory: history and record states were reloaded, so the
+  // dashboard resumes from its last event ID with no gap.
   relais = await startRelais({ port, stateDir });
   await waitForState(page, 'live');
-  await waitForToast(page, 'Historique du relais interrompu');
+  await publish(relais, tok.publisher, intervention({
+    row_id: 7, agent: 'Lina Roux', location: 'Après redémarrage', change: 'add',
+  }));
+  await waitForToast(page, 'Lina Roux: Après redémarrage');
+  await waitForStats(page, { total: 2 });
   const resumed = page.sseRequests.slice(before);
   assert.ok(resumed.some((u) => {
     const from = new URL(u).searchParams.get('lastEventID');
     return from && from !== 'earliest';
   }), `resumed with the last ID: ${resumed.join(' ')}`);
-  // The view is the relay's (empty) history now, not a stale copy.
+  assert.equal(await page.locator('#toasts .toast', { hasText: 'Historique' }).count(), 0, 'no gap');
+  assert.deepEqual(page.errors, []);
+});
+
+test('memory-only relais restart: gap detected, view rebuilt from the snapshot, then live', async (t) => {
+  const port = await freePort();
+  const env = { RELAIS_HUB__PERSIST: 'false' };
+  let relais = await startRelais({ port, env });
+  const stateDir = relais.stateDir;
+  t.after(() => relais.dispose());
+  const tok = tokens(stateDir);
+
+  assert.equal(await postGristRows(relais, [gristRow(1, { location: 'Avant redémarrage' })]), 200);
+  const page = await newPage(browser);
+  t.after(() => page.context().close());
+  await page.goto(`${relais.base}/widget/?token=${encodeURIComponent(tok.dashboard)}`);
+  await waitForState(page, 'live');
+  await waitForStats(page, { total: 1 });
+
+  await relais.stop();
+  await waitForState(page, 'reconnecting');
+  // hub.persist = false: the new process knows nothing, so the last event ID is unknown.
+  relais = await startRelais({ port, stateDir, env });
+  await waitForState(page, 'live');
+  await waitForToast(page, 'Historique du relais interrompu');
+  // The view is the relay's (empty) state now, not a stale copy.
   await waitForStats(page, { total: 0 });
 
   await publish(relais, tok.publisher, intervention({

@@ -1,5 +1,5 @@
-// The standalone dashboard served by relais at /widget/: initial list from the stream's
-// history, live updates (cards, list, toast, flash), inert record text, 401 handling, the
+// The standalone dashboard served by relais at /widget/: initial list from relais' /state
+// snapshot, live updates (cards, list, toast, flash), inert record text, 401 handling, the
 // serving headers, and the pure helpers run in the real browser.
 
 import { test, before, after } from 'node:test';
@@ -8,7 +8,7 @@ import { copyFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import {
   ROOT, startRelais, tokens, publish, intervention, launchBrowser, newPage, waitForState,
-  waitForStats, activeRows, waitForToast, artifact,
+  waitForStats, activeRows, waitForToast, artifact, postGristRows,
 } from './harness.js';
 
 let relais;
@@ -51,23 +51,20 @@ test('serving: content types, CSP, redirect, no external resource', async () => 
 });
 
 test('history, then live events update cards, list, toast and flash', async () => {
-  // Before the page opens: three interventions (one twice, so history holds its latest).
-  await publish(relais, tok.publisher, intervention({
-    row_id: 1, agent: 'Marie Durand', location: 'Avenue de la République, Marseille',
-    status: 'En attente', priority: 'Normale', change: 'add',
-  }));
-  await publish(relais, tok.publisher, intervention({
-    row_id: 1, agent: 'Marie Durand', location: 'Avenue de la République, Marseille',
-    status: 'En cours', priority: 'Normale', changed: ['status'], previous: { status: 'En attente' },
-  }));
-  await publish(relais, tok.publisher, intervention({
-    row_id: 2, agent: 'Jean Martin', location: 'Boulevard Michelet', status: 'Bloqué',
-    priority: 'Haute', change: 'add', comment: 'Accès fermé',
-  }));
-  await publish(relais, tok.publisher, intervention({
-    row_id: 3, agent: 'Sophie Leroy', location: 'Quai du Port', status: 'Terminé',
-    priority: 'Basse', change: 'add',
-  }));
+  // Before the page opens: Grist sends three interventions (one twice, so relais' state
+  // holds its latest), an hour old.
+  const hourAgo = Math.floor(Date.now() / 1000) - 3600;
+  const grist = (id, agent, location, statut, priorite, comment = '') => ({
+    id, manualSort: id, ID: `INT-2024-${String(id).padStart(3, '0')}`, Agent: agent,
+    Localisation: location, Type: 'Voirie', Statut: statut, Priorite: priorite,
+    Derniere_MAJ: hourAgo, Commentaire: comment,
+  });
+  assert.equal(await postGristRows(relais, [grist(1, 'Marie Durand', 'Avenue de la République, Marseille', 'En attente', 'Normale')]), 200);
+  assert.equal(await postGristRows(relais, [
+    grist(1, 'Marie Durand', 'Avenue de la République, Marseille', 'En cours', 'Normale'),
+    grist(2, 'Jean Martin', 'Boulevard Michelet', 'Bloqué', 'Haute', 'Accès fermé'),
+    grist(3, 'Sophie Leroy', 'Quai du Port', 'Terminé', 'Basse'),
+  ]), 200);
 
   const page = await newPage(browser);
   const external = [];
@@ -79,8 +76,9 @@ test('history, then live events update cards, list, toast and flash', async () =
   assert.equal(rows.length, 2, 'done interventions are not in the active list');
   assert.match(rows[0].text, /Boulevard Michelet/, 'Haute before Normale');
   assert.match(rows[1].text, /Avenue de la République/);
-  assert.equal(await page.locator('#toasts .toast').count(), 0, 'history makes no toast');
-  assert.ok(page.sseRequests[0].includes('lastEventID=earliest'), page.sseRequests[0]);
+  assert.equal(await page.locator('#toasts .toast').count(), 0, 'the snapshot makes no toast');
+  // The view came from /state; the stream starts at the snapshot's position.
+  assert.ok(/lastEventID=(?!earliest)/.test(page.sseRequests[0]), page.sseRequests[0]);
 
   // Live: Marie's intervention is done.
   await publish(relais, tok.publisher, intervention({

@@ -3,6 +3,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import {
   startRelais, tokens, postGristRows, launchBrowser, newPage, waitForState, waitForStats,
   activeRows, waitForToast, artifact,
@@ -53,4 +56,31 @@ test('a Grist webhook updates the open dashboard', async () => {
   assert.equal(rows.length, 1);
   assert.match(rows[0].text, /Boulevard Michelet/);
   await artifact(page, 'webhook-dashboard.png');
+});
+
+test('the dashboard opened after a restart shows every intervention', async () => {
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'relais-restart-'));
+  let first = await startRelais({ stateDir });
+  const rows = [1, 2, 3, 4, 5].map((id) => row(100 + id, id === 5 ? 'Terminé' : 'En cours', 'Normale'));
+  try {
+    assert.equal(await postGristRows(first, rows), 200);
+  } finally {
+    await first.dispose();
+  }
+  // The same single binary, restarted on the same state directory.
+  const again = await startRelais({ stateDir });
+  try {
+    const dashboard = tokens(stateDir).dashboard;
+    const page = await newPage(browser);
+    await page.goto(`${again.base}/widget/?token=${encodeURIComponent(dashboard)}`);
+    await waitForState(page, 'live');
+    await waitForStats(page, { total: 5, inProgress: 4, done: 1 });
+    // And it keeps streaming from the snapshot's position.
+    assert.equal(await postGristRows(again, [row(106, 'Bloqué', 'Haute')]), 200);
+    await waitForStats(page, { total: 6, inProgress: 4, done: 1, blocked: 1 });
+    await artifact(page, 'widget-after-restart.png');
+  } finally {
+    await again.dispose();
+    rmSync(stateDir, { recursive: true, force: true });
+  }
 });

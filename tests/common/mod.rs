@@ -25,7 +25,7 @@ pub struct Relais {
     pub base: String,
     /// Everything the process wrote to stderr so far (its logs).
     pub logs: Arc<Mutex<Vec<String>>>,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Relais {
@@ -37,6 +37,18 @@ impl Relais {
     /// Starts relais with a configuration file as well.
     pub fn start_with(env: &[(&str, &str)], config_file: Option<&std::path::Path>) -> Relais {
         let state = tempfile::tempdir().expect("tempdir");
+        let mut relais = Self::start_in(state.path(), env, config_file);
+        relais._state = Some(state);
+        relais
+    }
+
+    /// Starts relais with its state (key, store) in `state_dir`, kept by the caller so
+    /// that a restart finds it again.
+    pub fn start_in(
+        state_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        config_file: Option<&std::path::Path>,
+    ) -> Relais {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relais"));
         cmd.arg("serve");
         if let Some(file) = config_file {
@@ -49,7 +61,7 @@ impl Relais {
         }
         cmd.env("RELAIS_SERVER__LISTEN", "127.0.0.1:0")
             .env("RELAIS_JWT__SECRET", TEST_SECRET)
-            .env("RELAIS_SERVER__STATE_DIR", state.path())
+            .env("RELAIS_SERVER__STATE_DIR", state_dir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         for (k, v) in env {
@@ -86,8 +98,14 @@ impl Relais {
             child,
             base,
             logs,
-            _state: state,
+            _state: None,
         }
+    }
+
+    /// Kills the process at once (SIGKILL, as `kill -9`) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The Mercure hub URL.

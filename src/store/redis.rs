@@ -1,48 +1,67 @@
-//! The Redis bus: several relais instances share one ordered stream of events.
+//! The Redis store: several relais instances share one ordered stream of events and the
+//! record states.
 //!
-//! - Publishing runs one Lua script: it refuses publisher IDs already used, then appends
-//!   the events to a Redis stream (`XADD ... MAXLEN ~ history_size`). A publish is
-//!   acknowledged only once Redis has the events.
+//! - Committing runs one Lua script: it checks the fences of the record states the
+//!   batch was planned from and, for a Mercure publish, whether the event ID is already
+//!   used (same content: a retry, nothing done; other content: a conflict); then it
+//!   appends the events to a Redis stream (`XADD ... MAXLEN ~ history_size`) and writes
+//!   the record states (each with its last event, indexed in one set for snapshots).
+//!   A request is acknowledged only once Redis has applied the script.
 //! - Every instance runs a reader that loads the stream's tail into its hub at start
 //!   (so a fresh instance can resume anyone's `Last-Event-ID`), then follows the stream
 //!   with `XREAD BLOCK`. Stream order is the same for every instance, so histories agree.
-//! - Outages: publishing answers `BusError::Unavailable` (HTTP 503) while Redis is down;
-//!   the reader reconnects with exponential backoff and continues after the last entry it
-//!   read, so subscribers get everything acknowledged meanwhile once Redis is back.
+//! - A snapshot is one script too: the stream's last event and the indexed record states
+//!   are read at the same instant, so its `lastEventID` fits the states on any instance.
+//! - Outages: committing answers `StoreError::Unavailable` (HTTP 503) while Redis is
+//!   down; the reader reconnects with exponential backoff and continues after the last
+//!   entry it read, so subscribers get everything acknowledged meanwhile once Redis is
+//!   back.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncConnectionConfig;
 use redis::{AsyncCommands, Value};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::BusError;
-use crate::hub::{EventDraft, Hub};
+use super::{
+    Backend, Batch, Ingested, Known, PlanFn, Published, Snapshot, SnapshotRecord, StoreError,
+};
+use crate::config::Config;
+use crate::hub::{EventDraft, Hub, Subscription};
+use crate::ingest::record::StoredRecord;
 
-/// How long a publisher-chosen event ID stays reserved against reuse.
+/// How long a publisher's event ID stays reserved against reuse.
 const PUBLISHER_ID_TTL_SECS: u64 = 24 * 3600;
 /// Longest pause between two reconnection attempts of the reader.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long `XREAD` blocks before looping (and noticing shutdown).
 const READ_BLOCK_MS: usize = 2000;
-/// Longest wait for Redis to take a publish before answering 503. A publish that Redis
+/// Longest wait for Redis to take a commit before answering 503. A commit that Redis
 /// applies after this is delivered anyway: the sender's retry is then a duplicate, which
-/// record state absorbs for webhooks.
+/// record state absorbs for webhooks and idempotent publishing for Mercure publishes.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a resume waits for this instance to catch up with the stream's tip.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// How many times a delivery replans after another instance changed its records.
+const MAX_CONFLICT_RETRIES: usize = 8;
 
-const PUBLISH_SCRIPT: &str = r#"
--- KEYS[1] stream. ARGV[1] maxlen, ARGV[2] publisher-id key prefix, ARGV[3] publisher-id
--- ttl, ARGV[4] record-state ttl, ARGV[5] fences, ARGV[6] writes, ARGV[7] events; then the
--- fences as (key, expected value) pairs ('' = absent), the writes as (key, value) pairs,
--- and the events, 8 fields each: id, custom-id flag, topics (JSON), type, data, private,
--- retry, source. Everything or nothing happens.
+const COMMIT_SCRIPT: &str = r#"
+-- KEYS[1] stream, KEYS[2] record index. ARGV[1] maxlen, ARGV[2] publisher-id key prefix,
+-- ARGV[3] publisher-id ttl, ARGV[4] record-state ttl, ARGV[5] fences, ARGV[6] writes,
+-- ARGV[7] events; then the fences as (key, expected value) pairs ('' = absent), the
+-- writes as (key, value) pairs, and the events, 8 fields each: id, content digest ('' =
+-- relais-generated, not checked), topics (JSON), type, data, private, retry, source.
+-- Everything or nothing happens.
 local nf, nw, ne = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local writes_at = 8 + 2 * nf
 local events_at = writes_at + 2 * nw
@@ -54,32 +73,105 @@ for f = 0, nf - 1 do
 end
 for e = 0, ne - 1 do
   local b = events_at + e * 8
-  if ARGV[b + 1] == '1' and redis.call('EXISTS', ARGV[2] .. ARGV[b]) == 1 then
-    return redis.error_reply('DUPLICATE ' .. ARGV[b])
+  if ARGV[b + 1] ~= '' then
+    local known = redis.call('GET', ARGV[2] .. ARGV[b])
+    if known == ARGV[b + 1] then
+      return redis.error_reply('REPEATED ' .. ARGV[b])
+    elseif known then
+      return redis.error_reply('DUPLICATE ' .. ARGV[b])
+    end
   end
 end
 for e = 0, ne - 1 do
   local b = events_at + e * 8
-  local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
     'i', ARGV[b], 't', ARGV[b + 2], 'y', ARGV[b + 3], 'd', ARGV[b + 4],
     'p', ARGV[b + 5], 'r', ARGV[b + 6], 's', ARGV[b + 7])
-  if ARGV[b + 1] == '1' then
-    redis.call('SET', ARGV[2] .. ARGV[b], sid, 'EX', ARGV[3])
+  if ARGV[b + 1] ~= '' then
+    redis.call('SET', ARGV[2] .. ARGV[b], ARGV[b + 1], 'EX', ARGV[3])
   end
 end
 for w = 0, nw - 1 do
-  redis.call('SET', ARGV[writes_at + 2 * w], ARGV[writes_at + 2 * w + 1], 'EX', ARGV[4])
+  local key = ARGV[writes_at + 2 * w]
+  redis.call('SET', key, ARGV[writes_at + 2 * w + 1], 'EX', ARGV[4])
+  redis.call('SADD', KEYS[2], key)
 end
 return ne
 "#;
 
-/// The outcome of [`RedisBus::publish_fenced`].
+const SNAPSHOT_SCRIPT: &str = r#"
+-- KEYS[1] stream, KEYS[2] record index. Returns the last event's ID ('' when the stream
+-- is empty), then the record keys and their values; drops expired keys from the index.
+local out = {''}
+local tip = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if tip[1] then
+  local fields = tip[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'i' then out[1] = fields[i + 1] end
+  end
+end
+local keys = redis.call('SMEMBERS', KEYS[2])
+for start = 1, #keys, 1000 do
+  local chunk = {}
+  for i = start, math.min(start + 999, #keys) do chunk[#chunk + 1] = keys[i] end
+  local values = redis.call('MGET', unpack(chunk))
+  for i = 1, #chunk do
+    if values[i] then
+      out[#out + 1] = values[i]
+    else
+      redis.call('SREM', KEYS[2], chunk[i])
+    end
+  end
+end
+return out
+"#;
+
+/// The outcome of a fenced commit.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Fenced {
-    /// The events are on the stream (their IDs) and the writes are done.
-    Published(Vec<String>),
+enum Fenced {
+    /// The events are on the stream and the writes are done.
+    Published,
     /// A fenced key changed meanwhile: nothing was done; load again and retry.
     Conflict,
+    /// A publisher's ID is already used by an identical update: nothing was done.
+    Repeated,
+}
+
+/// A record state as kept in Redis: the state and the record's last event.
+#[derive(Debug, Serialize, Deserialize)]
+struct RedisRecord {
+    #[serde(flatten)]
+    state: StoredRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<LastEvent>,
+}
+
+/// A record's last event, for snapshots.
+#[derive(Debug, Serialize, Deserialize)]
+struct LastEvent {
+    id: String,
+    topics: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_type: Option<String>,
+    data: String,
+    #[serde(default)]
+    private: bool,
+}
+
+/// The digest identifying a publisher's update (topics, data, type, privacy).
+fn content_digest(draft: &EventDraft) -> String {
+    let mut hash = Sha256::new();
+    for topic in &draft.topics {
+        hash.update((topic.len() as u64).to_le_bytes());
+        hash.update(topic.as_bytes());
+    }
+    hash.update([0xff]);
+    let event_type = draft.event_type.as_deref().unwrap_or("");
+    hash.update((event_type.len() as u64).to_le_bytes());
+    hash.update(event_type.as_bytes());
+    hash.update([draft.private as u8]);
+    hash.update(draft.data.as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Names of the Redis keys relais uses, under one prefix.
@@ -93,6 +185,8 @@ pub struct RedisKeys {
     pub ids: String,
     /// Prefix of record-state keys (ingestion).
     pub state: String,
+    /// Set of every record-state key (snapshots).
+    pub records: String,
 }
 
 impl RedisKeys {
@@ -108,6 +202,7 @@ impl RedisKeys {
             stream: format!("{prefix}events"),
             ids: format!("{prefix}id:"),
             state: format!("{prefix}state:"),
+            records: format!("{prefix}records"),
         }
     }
 }
@@ -130,14 +225,16 @@ impl std::fmt::Display for StreamPos {
     }
 }
 
-/// Publishing side of the Redis bus (cheap to clone).
+/// The Redis backend (cheap to clone).
 #[derive(Clone)]
-pub struct RedisBus {
+pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     keys: RedisKeys,
     maxlen: usize,
+    state_ttl: Duration,
     script: Arc<redis::Script>,
+    snapshot_script: Arc<redis::Script>,
     read_pos: watch::Receiver<StreamPos>,
     reader_healthy: Arc<AtomicBool>,
 }
@@ -160,16 +257,18 @@ pub fn masked_url(url: &str) -> String {
     }
 }
 
-impl RedisBus {
+impl RedisStore {
     /// Connects (retrying for a few seconds), loads the stream's tail into `hub` and
     /// starts the reader that follows the stream until `shutdown`.
     pub async fn connect(
         url: &str,
-        prefix: &str,
-        history_size: usize,
+        config: &Config,
         hub: Arc<Hub>,
         shutdown: CancellationToken,
     ) -> Result<Self, RedisConnectError> {
+        let prefix = config.redis.key_prefix.as_deref().unwrap_or("relais:");
+        let history_size = config.hub.history_size;
+        let state_ttl = config.redis.state_ttl;
         let err = |reason: String| RedisConnectError {
             url: masked_url(url),
             reason,
@@ -217,7 +316,9 @@ impl RedisBus {
             conn,
             keys,
             maxlen: history_size,
-            script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
+            state_ttl,
+            script: Arc::new(redis::Script::new(COMMIT_SCRIPT)),
+            snapshot_script: Arc::new(redis::Script::new(SNAPSHOT_SCRIPT)),
             read_pos,
             reader_healthy,
         })
@@ -228,51 +329,28 @@ impl RedisBus {
         &self.keys
     }
 
-    /// A shared connection for other Redis users (alerts), reconnecting by itself.
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
-    /// A client for users that need a connection of their own (blocking reads).
-    pub fn client(&self) -> redis::Client {
-        self.client.clone()
-    }
-
-    /// Appends events to the stream; returns their IDs once Redis has them.
-    pub async fn publish(&self, drafts: Vec<EventDraft>) -> Result<Vec<String>, BusError> {
-        if drafts.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self
-            .publish_fenced(drafts, &[], &[], Duration::ZERO)
-            .await?
-        {
-            Fenced::Published(ids) => Ok(ids),
-            Fenced::Conflict => Err(BusError::Unavailable("unexpected conflict".into())),
-        }
-    }
-
-    /// Atomically: if every `fences` key still holds its expected value (`None`: absent),
-    /// appends the events and writes `writes` (kept for `ttl`); otherwise changes nothing
-    /// and answers [`Fenced::Conflict`]. This is how record state and events stay
-    /// consistent between instances.
-    pub async fn publish_fenced(
+    /// Atomically: if every `fences` key still holds its expected value (`None`: absent)
+    /// and no publisher ID is reused, appends the events and writes `writes` (kept
+    /// `redis.state_ttl`); otherwise changes nothing. `checked`: the events carry a
+    /// publisher's ID, checked against reuse.
+    async fn commit(
         &self,
-        drafts: Vec<EventDraft>,
+        drafts: &[EventDraft],
+        checked: bool,
         fences: &[(String, Option<String>)],
         writes: &[(String, String)],
-        ttl: Duration,
-    ) -> Result<Fenced, BusError> {
+    ) -> Result<Fenced, StoreError> {
         if !self.reader_healthy.load(Ordering::Relaxed) {
             // Known outage: answer at once so the sender retries later.
-            return Err(BusError::Unavailable("Redis is unreachable".into()));
+            return Err(StoreError::Unavailable("Redis is unreachable".into()));
         }
         let mut invocation = self.script.key(&self.keys.stream);
         invocation
+            .key(&self.keys.records)
             .arg(self.maxlen)
             .arg(&self.keys.ids)
             .arg(PUBLISHER_ID_TTL_SECS)
-            .arg(ttl.as_secs().max(1))
+            .arg(self.state_ttl.as_secs().max(1))
             .arg(fences.len())
             .arg(writes.len())
             .arg(drafts.len());
@@ -282,11 +360,14 @@ impl RedisBus {
         for (key, value) in writes {
             invocation.arg(key).arg(value);
         }
-        for d in &drafts {
-            let custom = !d.id.starts_with("urn:uuid:");
+        for d in drafts {
             invocation
                 .arg(&d.id)
-                .arg(if custom { "1" } else { "0" })
+                .arg(if checked {
+                    content_digest(d)
+                } else {
+                    String::new()
+                })
                 .arg(serde_json::to_string(&d.topics).unwrap_or_else(|_| "[]".into()))
                 .arg(d.event_type.as_deref().unwrap_or(""))
                 .arg(&d.data)
@@ -305,24 +386,23 @@ impl RedisBus {
                     )))
                 });
         match result {
-            Ok(_) => Ok(Fenced::Published(
-                drafts.into_iter().map(|d| d.id).collect(),
-            )),
+            Ok(_) => Ok(Fenced::Published),
             Err(e) if e.code() == Some("CONFLICT") => Ok(Fenced::Conflict),
-            Err(e) if e.code() == Some("DUPLICATE") => Err(BusError::Commit(
-                crate::hub::CommitError::DuplicateId(e.detail().unwrap_or_default().to_string()),
+            Err(e) if e.code() == Some("REPEATED") => Ok(Fenced::Repeated),
+            Err(e) if e.code() == Some("DUPLICATE") => Err(StoreError::Conflict(
+                e.detail().unwrap_or_default().to_string(),
             )),
-            Err(e) => Err(BusError::Unavailable(e.to_string())),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
         }
     }
 
     /// Reads several string keys at once (record states).
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, BusError> {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         if !self.reader_healthy.load(Ordering::Relaxed) {
-            return Err(BusError::Unavailable("Redis is unreachable".into()));
+            return Err(StoreError::Unavailable("Redis is unreachable".into()));
         }
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("MGET");
@@ -334,8 +414,135 @@ impl RedisBus {
             cmd.query_async::<Vec<Option<String>>>(&mut conn),
         )
         .await
-        .map_err(|_| BusError::Unavailable("Redis did not answer in time".into()))?
-        .map_err(|e| BusError::Unavailable(e.to_string()))
+        .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))?
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn state_key(&self, source: &str, record: &str) -> String {
+        format!("{}{source}:{record}", self.keys.state)
+    }
+
+    /// Reads the states of `keys` of `source`, with the raw values as a fence.
+    async fn load(
+        &self,
+        source: &str,
+        keys: &[String],
+    ) -> Result<(Known, Vec<(String, Option<String>)>), StoreError> {
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.state_key(source, k)).collect();
+        let raw = self.get_many(&redis_keys).await?;
+        let mut known = HashMap::new();
+        let mut fence = Vec::with_capacity(keys.len());
+        for ((key, redis_key), value) in keys.iter().zip(redis_keys).zip(raw) {
+            if let Some(text) = &value {
+                match serde_json::from_str::<RedisRecord>(text) {
+                    Ok(record) => {
+                        known.insert(key.clone(), record.state);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%source, record = %key, "ignoring unreadable record state: {e}")
+                    }
+                }
+            }
+            fence.push((redis_key, value));
+        }
+        Ok((known, fence))
+    }
+
+    async fn ingest_batch(
+        &self,
+        source: &str,
+        keys: &[String],
+        plan: &PlanFn<'_>,
+    ) -> Result<Ingested, StoreError> {
+        // No lock: deliveries run concurrently (on this instance as on others), and the
+        // fenced commit makes any that raced over a record plan again.
+        let mut attempt = 0;
+        loop {
+            let (known, fence) = self.load(source, keys).await?;
+            let Batch {
+                events,
+                records,
+                unchanged,
+                stale,
+            } = plan(&known);
+            let outcome = Ingested {
+                published: events.len(),
+                unchanged,
+                stale,
+            };
+            if events.is_empty() && records.is_empty() {
+                return Ok(outcome);
+            }
+            let writes: Vec<(String, String)> = records
+                .into_iter()
+                .filter_map(|w| {
+                    let last = w.event.and_then(|i| events.get(i)).map(|d| LastEvent {
+                        id: d.id.clone(),
+                        topics: d.topics.clone(),
+                        event_type: d.event_type.clone(),
+                        data: d.data.clone(),
+                        private: d.private,
+                    });
+                    let record = RedisRecord {
+                        state: w.state,
+                        last,
+                    };
+                    serde_json::to_string(&record)
+                        .ok()
+                        .map(|json| (self.state_key(source, &w.key), json))
+                })
+                .collect();
+            match self.commit(&events, false, &fence, &writes).await? {
+                Fenced::Published | Fenced::Repeated => return Ok(outcome),
+                Fenced::Conflict if attempt < MAX_CONFLICT_RETRIES => {
+                    // Another instance changed one of these records meanwhile.
+                    attempt += 1;
+                    metrics::counter!("relais_ingest_conflicts_total", "source" => source.to_string())
+                        .increment(1);
+                    // A short random pause, so that racing deliveries do not collide again.
+                    let pause = rand::random_range(0..=(attempt as u64 * 2));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Fenced::Conflict => {
+                    return Err(StoreError::Unavailable(
+                        "records kept changing under concurrent deliveries; retry".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn take_snapshot(&self, subscription: &Subscription) -> Result<Snapshot, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.snapshot_script.key(&self.keys.stream);
+        invocation.key(&self.keys.records);
+        let reply: Vec<String> = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            invocation.invoke_async::<Vec<String>>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))?
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut reply = reply.into_iter();
+        let last_event_id = reply
+            .next()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| "earliest".into());
+        let records = reply
+            .filter_map(|text| serde_json::from_str::<RedisRecord>(&text).ok()?.last)
+            .filter(|last| subscription.permits(&last.topics, last.private))
+            .map(|last| SnapshotRecord {
+                id: last.id,
+                event_type: last.event_type,
+                topics: last.topics,
+                data: last.data,
+                private: last.private,
+            })
+            .collect();
+        Ok(Snapshot {
+            last_event_id,
+            records,
+        })
     }
 
     /// Whether Redis answers and the reader is following the stream.
@@ -371,6 +578,78 @@ impl RedisBus {
         };
         let mut pos = self.read_pos.clone();
         let _ = tokio::time::timeout(CATCH_UP_WAIT, pos.wait_for(|p| *p >= tip)).await;
+    }
+}
+
+impl Backend for RedisStore {
+    fn publish(&self, draft: EventDraft) -> BoxFuture<'_, Result<Published, StoreError>> {
+        async move {
+            let drafts = [draft];
+            match self.commit(&drafts, true, &[], &[]).await? {
+                Fenced::Repeated => Ok(Published::Repeated(drafts[0].id.clone())),
+                _ => Ok(Published::New(drafts[0].id.clone())),
+            }
+        }
+        .boxed()
+    }
+
+    fn ingest<'a>(
+        &'a self,
+        source: &'a str,
+        keys: &'a [String],
+        plan: &'a PlanFn<'a>,
+    ) -> BoxFuture<'a, Result<Ingested, StoreError>> {
+        self.ingest_batch(source, keys, plan).boxed()
+    }
+
+    fn load_records<'a>(
+        &'a self,
+        source: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Known, StoreError>> {
+        async move { Ok(self.load(source, keys).await?.0) }.boxed()
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        subscription: &'a Subscription,
+    ) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
+        self.take_snapshot(subscription).boxed()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        RedisStore::ready(self).boxed()
+    }
+
+    fn catch_up(&self) -> BoxFuture<'_, ()> {
+        RedisStore::catch_up(self).boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Redis (stream of the last {} events, record states kept {} after their last change), shared by all instances",
+            self.maxlen,
+            humantime::format_duration(self.state_ttl)
+        )
+    }
+
+    fn alert_queue(&self, capacity: usize) -> BoxFuture<'_, Result<super::AlertQueue, StoreError>> {
+        use crate::alerts::sender::{QueueReader, QueueWriter};
+        async move {
+            let (w, r) = crate::alerts::redis_queue::redis_queue(
+                self.client.clone(),
+                self.conn.clone(),
+                self.keys.prefix(),
+                capacity,
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok((
+                QueueWriter::Redis(Box::new(w)),
+                QueueReader::Redis(Box::new(r)),
+            ))
+        }
+        .boxed()
     }
 }
 
