@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
@@ -28,13 +28,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use super::head::{self, Head, SubscribeRequest};
 use super::subscribe::{prepare, stream_headers};
-use super::{AppState, MERCURE_PATH};
+use super::AppState;
 
 /// Largest request head read before handing the connection to hyper.
 const MAX_HEAD: usize = 16 * 1024;
-/// Most headers parsed on the lean path (more: hyper handles the request).
-const MAX_HEADERS: usize = 48;
 /// Time a client has to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight requests get to finish after SIGTERM.
@@ -121,12 +120,6 @@ async fn connection(
     }
 }
 
-/// A subscribe request read by the lean path.
-struct SubscribeRequest {
-    headers: HeaderMap,
-    query: Option<String>,
-}
-
 /// Reads the request head into `buf`. `Some` for an HTTP/1.x `GET` of the hub path;
 /// `None` for anything else (hyper takes over with what was read).
 async fn read_subscribe_head(
@@ -137,40 +130,12 @@ async fn read_subscribe_head(
         if stream.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut slots);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => return Ok(subscribe_request(&request)),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+        match head::parse(buf) {
+            Head::Subscribe(request) => return Ok(Some(request)),
+            Head::Partial if buf.len() < MAX_HEAD => continue,
             _ => return Ok(None),
         }
     }
-}
-
-fn subscribe_request(request: &httparse::Request<'_, '_>) -> Option<SubscribeRequest> {
-    if request.method != Some("GET") || request.version != Some(1) {
-        return None;
-    }
-    let (path, query) = match request.path?.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_string())),
-        None => (request.path?, None),
-    };
-    if path != MERCURE_PATH {
-        return None;
-    }
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
-    for h in request.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == axum::http::header::CONTENT_LENGTH
-            || name == axum::http::header::TRANSFER_ENCODING
-        {
-            // A GET with a body: let hyper deal with it.
-            return None;
-        }
-        headers.append(name, value);
-    }
-    Some(SubscribeRequest { headers, query })
 }
 
 /// The CORS response headers for an allowed `Origin` (the same as the router's layer).
