@@ -157,7 +157,10 @@ impl Authenticator {
             subject: claims.sub,
             subscribe: compile(&claims.mercure.subscribe, "subscribe")?,
             publish: compile(&claims.mercure.publish, "publish")?,
-            expires_at: claims.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e)),
+            // An `exp` beyond what the clock can represent never comes: no expiry.
+            expires_at: claims
+                .exp
+                .and_then(|e| UNIX_EPOCH.checked_add(Duration::from_secs(e))),
         })
     }
 
@@ -317,5 +320,16 @@ mod tests {
             auth.verify("garbage").unwrap_err(),
             AuthError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn an_exp_beyond_the_clock_does_not_panic() {
+        // Found by the jwt_claims fuzz target: adding `exp` to the epoch overflowed.
+        let (auth, minter) = setup();
+        let mut claims =
+            TokenMinter::claims_for("alice", vec!["*".into()], vec![], Duration::from_secs(60));
+        claims.exp = Some(u64::MAX);
+        let id = auth.verify(&minter.mint(&claims).unwrap()).unwrap();
+        assert_eq!(id.expires_at, None);
     }
 }
