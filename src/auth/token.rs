@@ -628,6 +628,17 @@ mod tests {
             AuthError::Malformed(_)
         ));
     }
+
+    #[test]
+    fn an_exp_beyond_the_clock_does_not_panic() {
+        // Found by the jwt_claims fuzz target: adding `exp` to the epoch overflowed.
+        let (auth, minter) = setup();
+        let mut claims =
+            TokenMinter::claims_for("alice", vec!["*".into()], vec![], Duration::from_secs(60));
+        claims.exp = Some(u64::MAX);
+        let id = auth.verify(&minter.mint(&claims).unwrap()).unwrap();
+        assert_eq!(id.expires_at, None);
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod head;
 pub mod hooks;
 pub mod limits;
 pub mod ops;

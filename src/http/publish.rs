@@ -135,7 +135,18 @@ pub fn parse_form(body: &[u8]) -> Result<EventDraft, ApiError> {
             }
             "data" => data = value.into_owned(),
             "private" => private = !matches!(value.as_ref(), "false" | "off" | "0"),
-            "id" => id = Some(single_line("id", value.into_owned())?),
+            "id" => {
+                let value = single_line("id", value.into_owned())?;
+                if value.contains('\0') {
+                    // EventSource clients ignore such an `id:` and would resume from the
+                    // previous one after a reconnection.
+                    return Err(ApiError::bad_request(
+                        "id",
+                        "an event id cannot contain a NUL character",
+                    ));
+                }
+                id = Some(value);
+            }
             "type" => event_type = Some(single_line("type", value.into_owned())?),
             "retry" => {
                 retry = Some(value.parse::<u64>().map_err(|_| {
@@ -218,6 +229,7 @@ mod tests {
         assert!(parse_form(b"data=x").is_err());
         assert!(parse_form(b"topic=a&retry=soon").is_err());
         assert!(parse_form(b"topic=a&id=a%0Ab").is_err());
+        assert!(parse_form(b"topic=a&id=a%00b").is_err());
         assert!(parse_form(b"topic=").is_err());
     }
 }

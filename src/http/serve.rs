@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
@@ -30,12 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use super::head::{self, Head, SubscribeRequest};
 use super::subscribe::{prepare, stream_headers};
-use super::{AppState, MERCURE_PATH};
+use super::AppState;
 use crate::config::ServerConfig;
 
-/// Most headers parsed on the lean path (more: hyper handles the request).
-const MAX_HEADERS: usize = 48;
 /// Time in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between two "connection limit reached" log lines.
@@ -197,12 +196,6 @@ async fn connection(
 #[error("the request head is larger than server.max_head_bytes")]
 struct HeadTooLarge;
 
-/// A subscribe request read by the lean path.
-struct SubscribeRequest {
-    headers: HeaderMap,
-    query: Option<String>,
-}
-
 /// Reads the request head into `buf`. `Some` for an HTTP/1.x `GET` of the hub path;
 /// `None` for anything else (hyper takes over with what was read).
 async fn read_subscribe_head(
@@ -214,43 +207,13 @@ async fn read_subscribe_head(
         if stream.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut slots);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => return Ok(subscribe_request(&request)),
-            Ok(httparse::Status::Partial) if buf.len() < max_head => continue,
-            Ok(httparse::Status::Partial) => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, HeadTooLarge))
-            }
+        match head::parse(buf) {
+            Head::Subscribe(request) => return Ok(Some(request)),
+            Head::Partial if buf.len() < max_head => continue,
+            Head::Partial => return Err(io::Error::new(io::ErrorKind::InvalidData, HeadTooLarge)),
             _ => return Ok(None),
         }
     }
-}
-
-fn subscribe_request(request: &httparse::Request<'_, '_>) -> Option<SubscribeRequest> {
-    if request.method != Some("GET") || request.version != Some(1) {
-        return None;
-    }
-    let (path, query) = match request.path?.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_string())),
-        None => (request.path?, None),
-    };
-    if path != MERCURE_PATH {
-        return None;
-    }
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
-    for h in request.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == axum::http::header::CONTENT_LENGTH
-            || name == axum::http::header::TRANSFER_ENCODING
-        {
-            // A GET with a body: let hyper deal with it.
-            return None;
-        }
-        headers.append(name, value);
-    }
-    Some(SubscribeRequest { headers, query })
 }
 
 /// The CORS response headers for an allowed `Origin` (the same as the router's layer).

@@ -65,3 +65,9 @@ if ! "$synapse_venv/bin/python" -c 'import synapse.app.homeserver' >/dev/null 2>
   python3 -m venv "$synapse_venv"
   "$synapse_venv/bin/pip" install -q --disable-pip-version-check matrix-synapse==1.163.2
 fi
+
+# Fuzz targets (tests/suites/fuzz.sh): cargo-fuzz from crates.io, run with the nightly
+# toolchain the machine image carries beside stable (`cargo +nightly fuzz`).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked --quiet
+fi
