@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{client, publish, token, Relais, SseClient, ARRIVE};
 use serde_json::{json, Value};
 
-const AUTH: &str = "Bearer durable-test-token";
+const AUTH: &str = "Bearer durable-test-token-0123456789abcdef0123";
 
 fn env() -> Vec<(&'static str, &'static str)> {
     vec![

@@ -319,7 +319,10 @@ async fn a_snapshot_on_one_instance_then_the_stream_on_the_other_equal_the_final
         for round in 0..25 {
             let status = client()
                 .post(format!("{base}/hooks/grist/cerema"))
-                .header("authorization", "Bearer grist")
+                .header(
+                    "authorization",
+                    "Bearer grist-0123456789abcdef0123456789abcdef",
+                )
                 .header("content-type", "application/json")
                 .body(grist_batch(&format!("étape {round}")))
                 .send()

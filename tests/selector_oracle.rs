@@ -151,6 +151,8 @@ proptest! {
         extra in "[a-z0-9]{0,4}",
     ) {
         let text = write(&pieces);
+        // A selector that is exactly `*` is Mercure's match-all, not a template.
+        prop_assume!(text != "*");
         let topic = expand(&text, &named(&values));
         prop_assume!(topic.is_some());
         let topic = topic.unwrap_or_default();
