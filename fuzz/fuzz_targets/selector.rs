@@ -58,6 +58,14 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(selector.matches(&topic), *s == topic);
         }
         Selector::Template { .. } => {}
+        Selector::Pattern { .. } => panic!("{text:?}: only url_pattern makes a URL pattern"),
+    }
+    // The same text read as a Mercure 1.0 URL pattern: refused or kept as written, and a
+    // pattern always permits itself.
+    if let Ok(pattern) = Selector::url_pattern(text) {
+        assert_eq!(pattern.as_str(), text);
+        assert!(pattern.permits(&pattern));
+        let _ = pattern.matches(&topic);
     }
     if !topic.is_empty() && topic != "*" && !topic.contains(['{', '}']) {
         let requested = Selector::parse(&topic).expect("a concrete topic");

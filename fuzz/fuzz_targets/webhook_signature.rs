@@ -73,7 +73,11 @@ fuzz_target!(|data: &[u8]| {
         input.now,
     );
     if within {
-        assert_eq!(result, Ok(()));
+        assert_eq!(
+            result,
+            Ok(input.ts),
+            "the verified timestamp is the signed one"
+        );
         let mut other = input.body.clone();
         other.push(b'x');
         assert_eq!(
