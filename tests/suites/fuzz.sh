@@ -4,7 +4,9 @@
 # (fuzz/corpus/<target>/), failing on any crash, failed assertion, timeout or leak.
 # The long runs and their figures are in docs/security.md ("Fuzzing").
 #   RELAIS_FUZZ_SECONDS  seconds per target (default 15)
-# New corpus entries go to a scratch directory: the committed corpus is only read.
+# New corpus entries go to a scratch directory: the committed corpus is only read. A fixed
+# -seed makes each run explore the same inputs (as far as its time allows), so a crash
+# found here can be replayed; the long runs (docs/security.md) use random seeds.
 # Needs cargo-fuzz (tests/setup/install-deps.sh installs it when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,7 +34,7 @@ for target in $targets; do
   echo "-- fuzz $target (${SECONDS_PER_TARGET}s)"
   # The log is printed only on failure (the reproducer is in fuzz/artifacts/$target/).
   if ! cargo +nightly fuzz run "$target" "$scratch/$target" "$seeds" -- \
-      -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
+      -seed=1 -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 >"$scratch/$target.log" 2>&1; then
     tail -n 60 "$scratch/$target.log" >&2
     echo "fuzz: $target failed" >&2
