@@ -102,15 +102,30 @@ fuzz_target!(|data: &[u8]| {
         "an unsigned text verified"
     );
 
-    if let Ok(identity) = auth.verify(&sign_payload(&input.payload)) {
-        let claims: Claims =
-            serde_json::from_slice(&input.payload).expect("accepted claims are JSON");
-        assert_eq!(identity.subject, claims.sub);
-        assert!(same_selectors(
-            &identity.subscribe,
-            &claims.mercure.subscribe
-        ));
-        assert!(same_selectors(&identity.publish, &claims.mercure.publish));
+    let verified = auth.verify(&sign_payload(&input.payload));
+    // Read with plain serde_json (times may be any JSON number: RFC 7519 NumericDate). A
+    // payload that only a typed reading accepts (an invalid escape inside a field relais
+    // ignores) is left out of the comparison.
+    let plain = serde_json::from_slice::<serde_json::Value>(&input.payload);
+    if let (Ok(identity), Ok(claims)) = (verified, plain) {
+        assert_eq!(
+            identity.subject.as_deref(),
+            claims.get("sub").and_then(|s| s.as_str())
+        );
+        let listed = |name: &str| -> Vec<String> {
+            claims
+                .get("mercure")
+                .and_then(|m| m.get(name))
+                .and_then(|l| l.as_array())
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert!(same_selectors(&identity.subscribe, &listed("subscribe")));
+        assert!(same_selectors(&identity.publish, &listed("publish")));
     }
 
     let now = SystemTime::now()
