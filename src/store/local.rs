@@ -131,20 +131,14 @@ impl LocalStore {
     ) -> Result<Ingested, StoreError> {
         let mut inner = self.lock();
         let known = inner.records.get_many(source, keys);
-        let Batch {
-            events,
-            records,
-            unchanged,
-            stale,
-        } = plan(&known);
-        let outcome = Ingested {
-            published: events.len(),
-            unchanged,
-            stale,
-        };
-        if events.is_empty() && records.is_empty() {
+        let batch = plan(&known);
+        let outcome = batch.outcome();
+        if batch.is_empty() {
             return Ok(outcome);
         }
+        let Batch {
+            events, records, ..
+        } = batch;
         let changed_at = now_ms();
         if let Some(disk) = inner.disk.as_mut() {
             let disk_events: Vec<DiskEvent> = events.iter().map(DiskEvent::of).collect();

@@ -86,6 +86,22 @@ pub struct Batch {
     pub stale: usize,
 }
 
+impl Batch {
+    /// What committing this batch amounts to, for the webhook's answer.
+    pub fn outcome(&self) -> Ingested {
+        Ingested {
+            published: self.events.len(),
+            unchanged: self.unchanged,
+            stale: self.stale,
+        }
+    }
+
+    /// Whether there is nothing to commit (every record unchanged or stale).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.records.is_empty()
+    }
+}
+
 /// Known record states by key.
 pub type Known = HashMap<String, StoredRecord>;
 

@@ -459,20 +459,14 @@ impl RedisStore {
         let mut attempt = 0;
         loop {
             let (known, fence) = self.load(source, keys).await?;
-            let Batch {
-                events,
-                records,
-                unchanged,
-                stale,
-            } = plan(&known);
-            let outcome = Ingested {
-                published: events.len(),
-                unchanged,
-                stale,
-            };
-            if events.is_empty() && records.is_empty() {
+            let batch = plan(&known);
+            let outcome = batch.outcome();
+            if batch.is_empty() {
                 return Ok(outcome);
             }
+            let Batch {
+                events, records, ..
+            } = batch;
             let writes: Vec<(String, String)> = records
                 .into_iter()
                 .filter_map(|w| {
