@@ -29,9 +29,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use super::head::{self, Head, SubscribeRequest};
 use super::subscribe::{prepare, stream_headers};
+use super::watchdog::ConnectionControl;
 use super::AppState;
 use crate::config::ServerConfig;
 
@@ -175,7 +177,16 @@ async fn connection(
         prefix: head.freeze(),
         inner: stream,
     });
-    let service = TowerToHyperService::new(router);
+    // Streams served here close the connection through this handle when they stay
+    // blocked (write timeout, token expiry): see `super::watchdog`.
+    let control = ConnectionControl::new();
+    let handle = control.clone();
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(handle.clone());
+            request
+        },
+    ));
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
@@ -184,6 +195,8 @@ async fn connection(
                 tracing::debug!("connection ended with an error: {e}");
             }
         }
+        // Dropping the connection closes its socket and ends its streams.
+        _ = control.closed() => {}
         _ = app.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
