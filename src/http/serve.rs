@@ -10,7 +10,9 @@
 //!
 //! Every other request, and every subscription that is refused (so every error answer),
 //! goes to hyper and the axum router with the bytes already read replayed first, so both
-//! paths answer exactly alike.
+//! paths answer exactly alike. Streams hyper serves get the same write timeout and
+//! token expiry from a watchdog beside their body (`super::watchdog`), which closes the
+//! connection through a [`ConnectionControl`] each request carries.
 
 use std::io;
 use std::pin::Pin;
