@@ -37,10 +37,32 @@ use super::subscribe::{EndReason, StreamEnd};
 const EXPIRED_GRACE: Duration = Duration::from_secs(1);
 
 /// The handle a hyper-served connection gives its requests (as a request extension):
-/// cancelling it closes the connection.
-#[derive(Debug, Clone, Default)]
+/// cancelling it closes the connection. It also counts the connection's requests in
+/// flight, so that a connection without any (an HTTP/2 client that answers pings but
+/// sends nothing) can be closed after `server.keepalive_timeout`.
+#[derive(Debug, Clone)]
 pub struct ConnectionControl {
     close: CancellationToken,
+    activity: Arc<std::sync::Mutex<Activity>>,
+}
+
+/// Requests in flight on a connection, and since when it has had none.
+#[derive(Debug)]
+struct Activity {
+    open: usize,
+    idle_since: Instant,
+}
+
+impl Default for ConnectionControl {
+    fn default() -> Self {
+        Self {
+            close: CancellationToken::new(),
+            activity: Arc::new(std::sync::Mutex::new(Activity {
+                open: 0,
+                idle_since: Instant::now(),
+            })),
+        }
+    }
 }
 
 impl ConnectionControl {
@@ -52,6 +74,85 @@ impl ConnectionControl {
     /// Resolves when a stream of the connection asked for it to be closed.
     pub async fn closed(&self) {
         self.close.cancelled().await
+    }
+
+    /// Counts a request in flight until the returned guard is dropped (keep it in the
+    /// response body, which hyper drops once the response is sent or reset).
+    pub fn request_started(&self) -> InFlight {
+        self.activity().open += 1;
+        InFlight(self.activity.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let next = {
+                let activity = self.activity();
+                match activity.open {
+                    0 => activity.idle_since + idle,
+                    _ => Instant::now() + idle,
+                }
+            };
+            if Instant::now() >= next {
+                return;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        // A poisoned lock only means a panic elsewhere; the counts are still usable.
+        self.activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in flight on a connection (see [`ConnectionControl::request_started`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<std::sync::Mutex<Activity>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut activity = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        activity.open = activity.open.saturating_sub(1);
+        if activity.open == 0 {
+            activity.idle_since = Instant::now();
+        }
+    }
+}
+
+/// A response body that counts as a request in flight until hyper drops it.
+pub struct Tracked {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    /// `inner`, counted by `in_flight`.
+    pub fn new(inner: axum::body::Body, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
