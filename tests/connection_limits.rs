@@ -217,7 +217,10 @@ async fn an_http2_connection_without_open_streams_is_closed_after_the_keepalive_
     // It answers pings but opens no stream.
     let (silent, driver) = h2_client(&relais).await;
     let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
-    assert!(ended.is_ok(), "an HTTP/2 connection without streams was kept open");
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection without streams was kept open"
+    );
     drop(silent);
 
     // After a finished request, the same.
@@ -241,5 +244,8 @@ async fn an_http2_connection_without_open_streams_is_closed_after_the_keepalive_
     )
     .await;
     let ended = tokio::time::timeout(Duration::from_secs(4), driver).await;
-    assert!(ended.is_err(), "a subscription's connection was closed as idle");
+    assert!(
+        ended.is_err(),
+        "a subscription's connection was closed as idle"
+    );
 }

@@ -1,4 +1,6 @@
-//! The write timeout and token expiry of streams served by hyper.
+//! What closes connections served by hyper: the write timeout and token expiry of their
+//! streams, and (through [`ConnectionControl::idle_for`]) the idle deadline of a connection
+//! with no request in flight.
 //!
 //! On relais' own stream path the writer sees every blocked write and cuts it (see
 //! [`super::serve`]). A stream served by hyper (HTTP/2, or a subscription that is not the
