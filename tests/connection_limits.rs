@@ -177,3 +177,75 @@ async fn connections_beyond_the_cap_are_refused_logged_and_counted() {
     assert!(refused.ends_with(" 1"), "{refused}");
     assert!(relais.logged("server.max_connections"));
 }
+
+/// An HTTP/2 client (prior knowledge) that answers pings on its own: its connection
+/// task ends when the server closes the connection.
+async fn h2_client(
+    relais: &Relais,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr(relais)).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+async fn h2_get(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    relais: &Relais,
+    target: &str,
+    tok: Option<&str>,
+) -> h2::RecvStream {
+    let mut send = send.ready().await.unwrap();
+    let mut request = axum::http::Request::get(format!("{}{target}", relais.base));
+    if let Some(tok) = tok {
+        request = request.header("authorization", format!("Bearer {tok}"));
+    }
+    let (response, _) = send.send_request(request.body(()).unwrap(), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_open_streams_is_closed_after_the_keepalive_wait() {
+    let relais = Relais::start(&[
+        ("RELAIS_SERVER__HTTP2", "true"),
+        ("RELAIS_SERVER__KEEPALIVE_TIMEOUT", "1s"),
+    ]);
+    // It answers pings but opens no stream.
+    let (silent, driver) = h2_client(&relais).await;
+    let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection without streams was kept open"
+    );
+    drop(silent);
+
+    // After a finished request, the same.
+    let (send, driver) = h2_client(&relais).await;
+    let mut body = h2_get(send.clone(), &relais, "/healthz", None).await;
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was kept open");
+    drop(send);
+
+    // A connection with an open stream (a subscription) is not idle.
+    let tok = token("alice", &["*"], &[]);
+    let (send, driver) = h2_client(&relais).await;
+    let _stream = h2_get(
+        send.clone(),
+        &relais,
+        "/.well-known/mercure?topic=t",
+        Some(&tok),
+    )
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(4), driver).await;
+    assert!(
+        ended.is_err(),
+        "a subscription's connection was closed as idle"
+    );
+}

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
 use relais::auth::TokenMinter;
@@ -181,4 +182,173 @@ async fn an_expired_token_closes_the_stream_even_when_the_client_does_not_read()
             .await
             .unwrap();
     assert!(closed, "the stream of an expired token was closed");
+}
+
+// The same limits on streams served by hyper: a subscription over HTTP/2, and one that
+// is not the first request of its HTTP/1.1 connection.
+
+/// How a never-reading subscriber reached hyper.
+#[derive(Clone, Copy, Debug)]
+enum HyperPath {
+    /// HTTP/2 with prior knowledge; the client answers pings but never takes the
+    /// stream's data (its flow-control window stays shut).
+    Http2,
+    /// A keep-alive HTTP/1.1 connection whose subscription follows another request; the
+    /// client reads nothing at all.
+    SecondRequest,
+}
+
+/// A never-reading subscriber on a hyper-served connection.
+enum Stalled {
+    /// The h2 client's connection task (it ends when the server closes the connection),
+    /// and what must stay alive meanwhile.
+    Http2 {
+        driver: tokio::task::JoinHandle<Result<(), h2::Error>>,
+        _keep: (h2::client::SendRequest<Bytes>, h2::RecvStream),
+    },
+    SecondRequest(TcpStream),
+}
+
+impl Stalled {
+    async fn open(path: HyperPath, relais: &Relais, tok: &str) -> Stalled {
+        let addr = relais.base.trim_start_matches("http://").to_string();
+        let target = "/.well-known/mercure?topic=t&lastEventID=earliest";
+        match path {
+            HyperPath::Http2 => {
+                let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+                let driver = tokio::spawn(conn);
+                let mut send = send.ready().await.unwrap();
+                let request = axum::http::Request::get(format!("http://{addr}{target}"))
+                    .header("authorization", format!("Bearer {tok}"))
+                    .body(())
+                    .unwrap();
+                let (response, _) = send.send_request(request, true).unwrap();
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), 200);
+                Stalled::Http2 {
+                    driver,
+                    _keep: (send, response.into_body()),
+                }
+            }
+            HyperPath::SecondRequest => {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                write!(
+                    s,
+                    "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\nGET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\n\r\n"
+                )
+                .unwrap();
+                Stalled::SecondRequest(s)
+            }
+        }
+    }
+
+    /// Whether the server closed the connection within `wait` (reading what is left on
+    /// a raw socket, as a client that comes back would).
+    async fn closed_within(self, wait: Duration) -> bool {
+        match self {
+            Stalled::Http2 { driver, _keep } => {
+                let ended = tokio::time::timeout(wait, driver).await.is_ok();
+                drop(_keep);
+                ended
+            }
+            Stalled::SecondRequest(s) => {
+                tokio::task::spawn_blocking(move || drained_to_close(s, wait))
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+}
+
+async fn never_reading_on_hyper_is_disconnected(path: HyperPath) {
+    let relais = Relais::start(&[
+        ("RELAIS_HUB__HISTORY_SIZE", "2500"),
+        ("RELAIS_SERVER__WRITE_TIMEOUT", "3s"),
+        ("RELAIS_SERVER__HTTP2", "true"),
+    ]);
+    let tok = token("alice", &["*"], &["*"]);
+    fill_history(&relais, &tok).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_bytes(relais.pid());
+
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(Stalled::open(path, &relais, &tok).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = rss_bytes(relais.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 << 20,
+        "{path:?}: 20 stalled subscribers grew relais by {} MiB",
+        grown >> 20
+    );
+
+    assert_eq!(
+        wait_logged(&relais, "write timed out", 20, Duration::from_secs(30)).await,
+        20,
+        "{path:?}: each one was closed for not reading"
+    );
+    let mut closed = Vec::new();
+    for s in stalled {
+        closed.push(s.closed_within(Duration::from_secs(30)).await);
+    }
+    assert!(closed.iter().all(|c| *c), "{path:?}: {closed:?}");
+    let metrics = metrics_text(&relais).await;
+    assert!(
+        metrics.contains("relais_stalled_subscriber_disconnects_total 20"),
+        "{path:?}: {metrics}"
+    );
+    // Their streams left the hub.
+    assert!(
+        metrics.contains("relais_subscribers_connected 0"),
+        "{path:?}: {metrics}"
+    );
+}
+
+async fn expired_token_on_hyper_closes_a_blocked_stream(path: HyperPath) {
+    let relais = Relais::start(&[
+        ("RELAIS_HUB__HISTORY_SIZE", "2500"),
+        ("RELAIS_SERVER__WRITE_TIMEOUT", "10m"),
+        ("RELAIS_SERVER__HTTP2", "true"),
+    ]);
+    let publisher = token("alice", &["*"], &["*"]);
+    fill_history(&relais, &publisher).await;
+    let short = sign(&TokenMinter::claims_for(
+        "bob",
+        vec!["*".into()],
+        vec![],
+        Duration::from_secs(3),
+    ));
+    let stalled = Stalled::open(path, &relais, &short).await;
+    assert_eq!(
+        wait_logged(&relais, "end=TokenExpired", 1, Duration::from_secs(20)).await,
+        1,
+        "{path:?}: {:?}",
+        relais.logs.lock().unwrap()
+    );
+    assert!(
+        stalled.closed_within(Duration::from_secs(30)).await,
+        "{path:?}: the stream of an expired token was closed"
+    );
+}
+
+#[tokio::test]
+async fn a_never_reading_http2_subscriber_is_disconnected_and_pins_no_memory() {
+    never_reading_on_hyper_is_disconnected(HyperPath::Http2).await;
+}
+
+#[tokio::test]
+async fn a_never_reading_subscription_after_a_keepalive_request_is_disconnected() {
+    never_reading_on_hyper_is_disconnected(HyperPath::SecondRequest).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_a_blocked_http2_stream() {
+    expired_token_on_hyper_closes_a_blocked_stream(HyperPath::Http2).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_a_blocked_stream_after_a_keepalive_request() {
+    expired_token_on_hyper_closes_a_blocked_stream(HyperPath::SecondRequest).await;
 }

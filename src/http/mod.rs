@@ -12,6 +12,7 @@ pub mod query;
 pub mod serve;
 pub mod state;
 pub mod subscribe;
+pub mod watchdog;
 pub mod widget;
 
 use std::sync::Arc;

@@ -10,8 +10,11 @@
 //!
 //! Every other request, and every subscription that is refused (so every error answer),
 //! goes to hyper and the axum router with the bytes already read replayed first, so both
-//! paths answer exactly alike.
+//! paths answer exactly alike. Streams hyper serves get the same write timeout and
+//! token expiry from a watchdog beside their body (`super::watchdog`), which closes the
+//! connection through a [`ConnectionControl`] each request carries.
 
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,14 +27,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use super::head::{self, Head, SubscribeRequest};
 use super::subscribe::{prepare, stream_headers};
+use super::watchdog::{ConnectionControl, Tracked};
 use super::AppState;
 use crate::config::ServerConfig;
 
@@ -175,7 +179,21 @@ async fn connection(
         prefix: head.freeze(),
         inner: stream,
     });
-    let service = TowerToHyperService::new(router);
+    // Streams served here close the connection through this handle when they stay
+    // blocked (write timeout, token expiry): see `super::watchdog`.
+    let control = ConnectionControl::new();
+    let handle = control.clone();
+    let service = hyper::service::service_fn(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            let in_flight = handle.request_started();
+            request.extensions_mut().insert(handle.clone());
+            let response = router.clone().oneshot(request);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
+        },
+    );
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
@@ -183,6 +201,15 @@ async fn connection(
             if let Err(e) = result {
                 tracing::debug!("connection ended with an error: {e}");
             }
+        }
+        // Dropping the connection closes its socket and ends its streams.
+        _ = control.closed() => {}
+        // No request in flight for the keep-alive wait: over HTTP/1.1 hyper's own head
+        // deadline usually comes first; over HTTP/2 a client that answers pings but
+        // opens no stream is closed here (GOAWAY).
+        _ = control.idle_for(server.keepalive_timeout) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(server.head_timeout, conn).await;
         }
         _ = app.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();

@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::time::MissedTickBehavior;
@@ -26,6 +27,7 @@ use tokio::time::MissedTickBehavior;
 use super::auth::identify_for;
 use super::error::ApiError;
 use super::query::{QueryPairs, SelectorParam};
+use super::watchdog::{ConnectionControl, Guarded};
 use super::AppState;
 use crate::auth::Generation;
 use crate::hub::{sse, Event, ResumeFrom, Selector, Subscriber, Subscription};
@@ -128,8 +130,13 @@ pub fn stream_headers(prepared: &Prepared) -> Vec<(&'static str, &str)> {
 }
 
 /// Opens an SSE stream for the request's topic selectors.
+///
+/// On a connection served by hyper (see [`super::serve`]) the body is watched: a stream
+/// that stays blocked longer than `server.write_timeout`, or past its token's expiry,
+/// closes its connection ([`super::watchdog`]).
 pub async fn subscribe(
     State(app): State<AppState>,
+    control: Option<Extension<ConnectionControl>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -141,10 +148,25 @@ pub async fn subscribe(
             headers.insert(name, value);
         }
     }
-    let bytes = prepared
-        .stream
-        .flat_map(|frames| futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>)));
-    let mut response = Response::new(Body::from_stream(bytes));
+    let Prepared {
+        stream,
+        expires_at,
+        write_timeout,
+        end,
+        ..
+    } = prepared;
+    let frames = stream.flat_map(futures::stream::iter);
+    let body = match control {
+        Some(Extension(control)) => Body::from_stream(Guarded::new(
+            frames,
+            control,
+            write_timeout,
+            expires_at,
+            end,
+        )),
+        None => Body::from_stream(frames.map(Ok::<_, Infallible>)),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().extend(headers);
     Ok(response)

@@ -48,9 +48,10 @@ pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 struct HubInner {
     next_seq: u64,
     history: History,
-    /// Delivery counters by source, then type: few distinct pairs, many events, so a
-    /// lookup borrows the draft's strings and allocates nothing once a pair is known.
-    counters: HashMap<String, HashMap<Option<String>, metrics::Counter>>,
+    /// Delivery counters by source, then type label (unknown types share `other`, so the
+    /// map is as bounded as the metric series): few pairs, many events, so a lookup
+    /// borrows the draft's strings and allocates nothing once a pair is known.
+    counters: HashMap<String, HashMap<String, metrics::Counter>>,
     /// The subscribers by topic and pattern, with their queues.
     index: index::Index,
 }
@@ -196,10 +197,11 @@ impl Hub {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
+        let label = event::type_label(draft.event_type.as_deref());
         let known = inner
             .counters
             .get(&draft.source)
-            .and_then(|by_type| by_type.get(&draft.event_type))
+            .and_then(|by_type| by_type.get(label))
             .cloned();
         let counter = match known {
             Some(counter) => counter,
@@ -209,7 +211,7 @@ impl Hub {
                     .counters
                     .entry(draft.source.clone())
                     .or_default()
-                    .insert(draft.event_type.clone(), counter.clone());
+                    .insert(label.to_string(), counter.clone());
                 counter
             }
         };
@@ -447,6 +449,20 @@ mod tests {
         hub.commit(draft("c")).unwrap();
         assert_eq!(att.live.try_recv().unwrap().id, "c");
         assert!(att.live.try_recv().is_err());
+    }
+
+    #[test]
+    fn unknown_publish_types_share_one_counter_entry() {
+        let hub = Hub::new(10, 16);
+        for i in 0..2000 {
+            hub.commit(draft(&format!("e{i}")).with_type(format!("t{i}")))
+                .unwrap();
+        }
+        hub.commit(draft("m")).unwrap();
+        let inner = hub.lock();
+        // `other` and `message`, as the metric series.
+        assert_eq!(inner.counters.len(), 1);
+        assert_eq!(inner.counters["mercure"].len(), 2);
     }
 
     #[test]
