@@ -158,6 +158,14 @@ impl LocalStore {
                 path.display()
             ),
         );
+        metrics::describe_counter!(
+            "relais_store_commits_total",
+            "Transactions committed (and synced) by the disk store; each holds a group of requests"
+        );
+        metrics::describe_counter!(
+            "relais_store_committed_requests_total",
+            "Requests (webhooks, publishes) made durable by the disk store's group commits"
+        );
         let shared = store.shared.clone();
         let writer = std::thread::Builder::new()
             .name("relais-store".into())
@@ -393,6 +401,11 @@ impl Shared {
                 .collect();
             let result = disk.commit_group(&group, &forget);
             drop(group);
+            if result.is_ok() {
+                metrics::counter!("relais_store_commits_total").increment(1);
+                metrics::counter!("relais_store_committed_requests_total")
+                    .increment(jobs.len() as u64);
+            }
             let mut answers = Vec::with_capacity(jobs.len());
             let mut inner = self.lock();
             let mut last = jobs.last().map_or(0, |j| j.number);
