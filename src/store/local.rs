@@ -30,8 +30,7 @@ use tokio::sync::{oneshot, watch};
 use super::disk::{Disk, GroupWrite, RecordRow};
 use super::records::{now_ms, Key, Records};
 use super::{
-    Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, SnapshotRecord,
-    StoreError,
+    Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, StoreError,
 };
 use crate::config::Config;
 use crate::hub::{EventDraft, Hub, Subscription};
@@ -515,9 +514,8 @@ impl Backend for LocalStore {
     ) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
         let inner = self.lock();
         let last_event_id = self.shared.hub.last_id().unwrap_or_else(|| "earliest".to_string());
-        let events = inner.records.matching(subscription);
+        let records = inner.records.matching(subscription);
         drop(inner);
-        let records = events.iter().map(|e| SnapshotRecord::of(e)).collect();
         async move {
             Ok(Snapshot {
                 last_event_id,

@@ -525,12 +525,14 @@ impl RedisStore {
         let records = reply
             .filter_map(|text| serde_json::from_str::<RedisRecord>(&text).ok()?.last)
             .filter(|last| subscription.permits(&last.topics, last.private))
-            .map(|last| SnapshotRecord {
-                id: last.id,
-                event_type: last.event_type,
-                topics: last.topics,
-                data: last.data,
-                private: last.private,
+            .map(|last| {
+                Arc::new(SnapshotRecord::new(
+                    last.id,
+                    last.event_type,
+                    last.topics,
+                    last.data,
+                    last.private,
+                ))
             })
             .collect();
         Ok(Snapshot {
