@@ -258,7 +258,10 @@ async fn concurrent_webhooks_share_commits_each_whole_and_acknowledged_ones_surv
     let acked = acked.lock().unwrap().clone();
     let in_flight = in_flight.lock().unwrap().clone();
     let refused = refused.lock().unwrap().clone();
-    assert!(!refused.is_empty(), "bad batches were sent among the good ones");
+    assert!(
+        !refused.is_empty(),
+        "bad batches were sent among the good ones"
+    );
 
     let relais = Relais::start_in(dir.path(), &env(), None);
     let (status, snapshot) = state(&relais, "topic=interventions", Some(&reader())).await;
@@ -270,7 +273,11 @@ async fn concurrent_webhooks_share_commits_each_whole_and_acknowledged_ones_surv
             .or_default() += 1;
     }
     for batch in &acked {
-        assert_eq!(per_batch.get(batch), Some(&ROWS), "acknowledged batch {batch}");
+        assert_eq!(
+            per_batch.get(batch),
+            Some(&ROWS),
+            "acknowledged batch {batch}"
+        );
     }
     for (batch, rows) in &per_batch {
         assert_eq!(*rows, ROWS, "batch {batch} is whole or absent");
@@ -280,7 +287,10 @@ async fn concurrent_webhooks_share_commits_each_whole_and_acknowledged_ones_surv
         );
     }
     for batch in &refused {
-        assert!(!per_batch.contains_key(batch), "refused batch {batch} left nothing");
+        assert!(
+            !per_batch.contains_key(batch),
+            "refused batch {batch} left nothing"
+        );
     }
 }
 

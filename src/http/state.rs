@@ -19,7 +19,11 @@ use crate::store::Snapshot;
 /// from the records' entries the store encoded once.
 fn body(snapshot: &Snapshot) -> Vec<u8> {
     let id = serde_json::to_string(&snapshot.last_event_id).unwrap_or_default();
-    let size = snapshot.records.iter().map(|r| r.json.len() + 1).sum::<usize>();
+    let size = snapshot
+        .records
+        .iter()
+        .map(|r| r.json.len() + 1)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(32 + id.len() + size);
     out.extend_from_slice(b"{\"lastEventID\":");
     out.extend_from_slice(id.as_bytes());

@@ -301,7 +301,8 @@ impl Disk {
         let mut popped = Vec::new();
         let result = self.write(group, forget, &mut popped);
         if result.is_err() {
-            self.window.truncate(window_len.saturating_sub(popped.len()));
+            self.window
+                .truncate(window_len.saturating_sub(popped.len()));
             for entry in popped.into_iter().rev() {
                 self.window.push_front(entry);
             }
@@ -348,7 +349,9 @@ impl Disk {
                     *bytes += size;
                 }
                 for r in request.records {
-                    let last = r.event.and_then(|i| request.events.get(i).zip(topics.get(i)));
+                    let last = r
+                        .event
+                        .and_then(|i| request.events.get(i).zip(topics.get(i)));
                     upsert.execute(params![
                         request.source,
                         r.key,
@@ -366,9 +369,9 @@ impl Disk {
             let mut delete =
                 tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
             for (source, key) in forget {
-                let rewritten = group.iter().any(|g| {
-                    g.source == source && g.records.iter().any(|r| &r.key == key)
-                });
+                let rewritten = group
+                    .iter()
+                    .any(|g| g.source == source && g.records.iter().any(|r| &r.key == key));
                 if !rewritten {
                     delete.execute(params![source, key])?;
                 }

@@ -29,9 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::disk::{Disk, GroupWrite, RecordRow};
 use super::records::{now_ms, Key, Records};
-use super::{
-    Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, StoreError,
-};
+use super::{Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, StoreError};
 use crate::config::Config;
 use crate::hub::{EventDraft, Hub, Subscription};
 use crate::ingest::record::StoredRecord;
@@ -344,9 +342,10 @@ impl Shared {
         inner.last_job += 1;
         let number = inner.last_job;
         for r in &records {
-            inner
-                .planned
-                .insert((source.to_string(), r.key.clone()), (r.state.clone(), number));
+            inner.planned.insert(
+                (source.to_string(), r.key.clone()),
+                (r.state.clone(), number),
+            );
         }
         let (done, wait) = oneshot::channel();
         inner.queue.push(Job {
@@ -421,7 +420,11 @@ impl Shared {
                             .collect();
                         for r in job.records {
                             let key = (job.source.clone(), r.key);
-                            if inner.planned.get(&key).is_some_and(|(_, n)| *n == job.number) {
+                            if inner
+                                .planned
+                                .get(&key)
+                                .is_some_and(|(_, n)| *n == job.number)
+                            {
                                 inner.planned.remove(&key);
                             }
                             let last = r.event.and_then(|i| committed.get(i).cloned().flatten());
@@ -513,7 +516,11 @@ impl Backend for LocalStore {
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
         let inner = self.lock();
-        let last_event_id = self.shared.hub.last_id().unwrap_or_else(|| "earliest".to_string());
+        let last_event_id = self
+            .shared
+            .hub
+            .last_id()
+            .unwrap_or_else(|| "earliest".to_string());
         let records = inner.records.matching(subscription);
         drop(inner);
         async move {

@@ -341,8 +341,7 @@ impl RedisStore {
             read_pos,
             reader_healthy,
             known: Arc::new(tokio::sync::Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(known_capacity)
-                    .unwrap_or(std::num::NonZeroUsize::MIN),
+                std::num::NonZeroUsize::new(known_capacity).unwrap_or(std::num::NonZeroUsize::MIN),
             ))),
         })
     }
