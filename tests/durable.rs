@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, publish, token, Relais, SseClient, ARRIVE};
+use common::{client, metrics_text, publish, token, Relais, SseClient, ARRIVE};
 use serde_json::{json, Value};
 
 const AUTH: &str = "Bearer durable-test-token-0123456789abcdef0123";
@@ -189,6 +189,120 @@ async fn kill_9_during_webhooks_loses_nothing_acknowledged_and_no_half_batch() {
     let total: usize = per_batch.values().sum();
     let events = all.events(total + 1, Duration::from_secs(5)).await;
     assert_eq!(events.len(), total.min(10_000));
+}
+
+/// The value of an unlabelled counter in `/metrics` (0 when absent).
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn concurrent_webhooks_share_commits_each_whole_and_acknowledged_ones_survive_kill_9() {
+    const SENDERS: i64 = 8;
+    const ROWS: i64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relais = Relais::start_in(dir.path(), &env(), None);
+    // Batch b of sender t has rows (t * 10,000 + b) * 50 + 1..=50; every fifth, from the
+    // second on, is bad (its last row lacks a column): refused alone, whatever is
+    // committed with it.
+    let batch_of = |row_id: i64| (row_id - 1) / ROWS;
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let in_flight = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let refused = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let mut senders = Vec::new();
+    for t in 0..SENDERS {
+        let base = relais.base.clone();
+        let (acked, in_flight, refused) = (acked.clone(), in_flight.clone(), refused.clone());
+        senders.push(tokio::spawn(async move {
+            for b in 0..10_000i64 {
+                let batch = t * 10_000 + b;
+                let bad = b % 5 == 1;
+                let mut rows: Vec<Value> = (0..ROWS)
+                    .map(|i| row(batch * ROWS + i + 1, "En cours", "Normale"))
+                    .collect();
+                if bad {
+                    rows[ROWS as usize - 1]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("Priorite");
+                }
+                in_flight.lock().unwrap().push(batch);
+                match post_rows(&base, &rows).await {
+                    Ok(r) if r.status() == 200 && !bad => acked.lock().unwrap().push(batch),
+                    Ok(r) if bad => {
+                        assert_eq!(r.status(), 422, "a bad batch is refused alone");
+                        refused.lock().unwrap().push(batch);
+                    }
+                    Ok(r) => panic!("batch {batch} answered {}", r.status()),
+                    Err(_) => return,
+                }
+                in_flight.lock().unwrap().retain(|&x| x != batch);
+            }
+        }));
+    }
+    // Kill while webhooks flow, once a few rounds went through (however loaded the
+    // machine is).
+    for _ in 0..400 {
+        if acked.lock().unwrap().len() >= 4 * SENDERS as usize
+            && refused.lock().unwrap().len() >= SENDERS as usize
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = metrics_text(&relais).await;
+    relais.kill();
+    for s in senders {
+        s.await.expect("a sender failed");
+    }
+    let commits = counter(&metrics, "relais_store_commits_total");
+    let requests = counter(&metrics, "relais_store_committed_requests_total");
+    assert!(requests > 0, "requests were committed before the kill");
+    assert!(
+        commits < requests,
+        "concurrent requests share transactions: {commits} commits for {requests} requests"
+    );
+    let acked = acked.lock().unwrap().clone();
+    let in_flight = in_flight.lock().unwrap().clone();
+    let refused = refused.lock().unwrap().clone();
+    assert!(
+        !refused.is_empty(),
+        "bad batches were sent among the good ones"
+    );
+
+    let relais = Relais::start_in(dir.path(), &env(), None);
+    let (status, snapshot) = state(&relais, "topic=interventions", Some(&reader())).await;
+    assert_eq!(status, 200);
+    let mut per_batch: BTreeMap<i64, i64> = BTreeMap::new();
+    for r in snapshot["records"].as_array().unwrap() {
+        *per_batch
+            .entry(batch_of(r["data"]["row_id"].as_i64().unwrap()))
+            .or_default() += 1;
+    }
+    for batch in &acked {
+        assert_eq!(
+            per_batch.get(batch),
+            Some(&ROWS),
+            "acknowledged batch {batch}"
+        );
+    }
+    for (batch, rows) in &per_batch {
+        assert_eq!(*rows, ROWS, "batch {batch} is whole or absent");
+        assert!(
+            acked.contains(batch) || in_flight.contains(batch),
+            "batch {batch} was acknowledged or in flight at the kill"
+        );
+    }
+    for batch in &refused {
+        assert!(
+            !per_batch.contains_key(batch),
+            "refused batch {batch} left nothing"
+        );
+    }
 }
 
 #[tokio::test]

@@ -626,3 +626,45 @@ async fn with_redis_a_pending_alert_survives_a_restart() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn after_a_kill_and_restart_on_the_disk_store_a_record_that_stays_urgent_posts_nothing() {
+    let hs = synapse().await;
+    let room = hs.room_for(&hs.bot).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("RELAIS_MATRIX__HOMESERVER", hs.base.as_str()),
+        ("RELAIS_MATRIX__ACCESS_TOKEN", hs.bot.token.as_str()),
+        ("RELAIS_MATRIX__ROOM_ID", room.as_str()),
+        ("RELAIS_MATRIX__MIN_INTERVAL", "50ms"),
+        ("RELAIS_SOURCES__CEREMA__KIND", "grist"),
+        (
+            "RELAIS_SOURCES__CEREMA__AUTHORIZATION",
+            "Bearer grist-hook-secret-0123456789abcdef01234",
+        ),
+    ];
+    let body = |row: u64, status: &str| {
+        format!(
+            "🚨 Intervention urgente #INT-2024-{row:03} — Avenue de la République, Marseille (Marie Durand) : {status}"
+        )
+    };
+    // The disk store is the default (no RELAIS_HUB__PERSIST): the record states survive.
+    let mut relais = Relais::start_in(dir.path(), &env, None);
+    post_grist(&relais, json!([grist_row(31, "Urgente", "En cours")])).await;
+    let notices = hs.wait_notices(&room, &hs.bot, 1, DELIVER).await;
+    assert_eq!(bodies(&notices), [body(31, "En cours")]);
+    relais.kill();
+
+    let relais = Relais::start_in(dir.path(), &env, None);
+    // Still urgent, another status: an update of a known record, no new alert. A
+    // sentinel that does alert closes the sequence (notices are posted in order).
+    post_grist(&relais, json!([grist_row(31, "Urgente", "Bloqué")])).await;
+    post_grist(&relais, json!([grist_row(32, "Urgente", "En attente")])).await;
+    let notices = hs.wait_notices(&room, &hs.bot, 2, DELIVER).await;
+    assert_eq!(
+        bodies(&notices),
+        [body(31, "En cours"), body(32, "En attente")]
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(hs.notices(&room, &hs.bot).await.len(), 2);
+}

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::hub::history::event_size;
 use crate::hub::EventDraft;
 use crate::ingest::record::StoredRecord;
 
@@ -82,6 +83,32 @@ pub struct DiskRecord {
     pub changed_at: u64,
 }
 
+/// A record's new state, planned by one request and written by its group commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRow {
+    /// The record key within its source.
+    pub key: String,
+    /// The new state.
+    pub state: StoredRecord,
+    /// The state as stored (JSON), encoded by the request that planned it.
+    pub state_json: String,
+    /// Index in the request's events of the record's new last event.
+    pub event: Option<usize>,
+}
+
+/// One request's rows within a group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupWrite<'a> {
+    /// The source the records belong to.
+    pub source: &'a str,
+    /// Its events, in order.
+    pub events: &'a [EventDraft],
+    /// Its records' new states.
+    pub records: &'a [RecordRow],
+    /// When its records changed (Unix milliseconds).
+    pub changed_at: u64,
+}
+
 /// What the database held at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -111,8 +138,6 @@ pub struct Disk {
     window: VecDeque<(i64, usize)>,
     bytes: usize,
     next_seq: i64,
-    /// Records evicted from memory, deleted with the next commit.
-    forget: Vec<(String, String)>,
 }
 
 /// Pops the oldest events beyond the limits (keeping the newest); returns the last
@@ -238,7 +263,6 @@ impl Disk {
             window,
             bytes,
             next_seq,
-            forget: Vec::new(),
         };
         // Limits may have been lowered since the last run.
         let trimmed = disk.trim_plan();
@@ -262,36 +286,36 @@ impl Disk {
         )
     }
 
-    /// Records evicted from memory: deleted with the next commit.
-    pub fn forget(&mut self, evicted: Vec<(String, String)>) {
-        self.forget.extend(evicted);
-    }
-
-    /// Writes events, record states and deletions in one transaction, synced before it
-    /// returns. On error nothing is written and the in-memory window is unchanged.
-    pub fn commit(
+    /// Writes the rows of a group of requests, and the deletions of records evicted
+    /// from memory, in one transaction, synced before it returns (group commit: one
+    /// sync for every request of the group). On error nothing is written and the
+    /// in-memory window is unchanged.
+    pub fn commit_group(
         &mut self,
-        events: &[DiskEvent],
-        records: &[(String, String, DiskRecord)],
+        group: &[GroupWrite<'_>],
+        forget: &[(String, String)],
     ) -> Result<(), DiskError> {
-        let window_before = (self.window.clone(), self.bytes, self.next_seq);
-        let result = self.write(events, records);
-        match result {
-            Ok(()) => {
-                self.forget.clear();
-                Ok(())
+        let window_len = self.window.len();
+        let before = (self.bytes, self.next_seq);
+        // Trimming pops from the front: keep what it pops to put back on failure.
+        let mut popped = Vec::new();
+        let result = self.write(group, forget, &mut popped);
+        if result.is_err() {
+            self.window
+                .truncate(window_len.saturating_sub(popped.len()));
+            for entry in popped.into_iter().rev() {
+                self.window.push_front(entry);
             }
-            Err(e) => {
-                (self.window, self.bytes, self.next_seq) = window_before;
-                Err(e)
-            }
+            (self.bytes, self.next_seq) = before;
         }
+        result
     }
 
     fn write(
         &mut self,
-        events: &[DiskEvent],
-        records: &[(String, String, DiskRecord)],
+        group: &[GroupWrite<'_>],
+        forget: &[(String, String)],
+        popped: &mut Vec<(i64, usize)>,
     ) -> Result<(), DiskError> {
         let tx = self.conn.transaction()?;
         let (window, bytes) = (&mut self.window, &mut self.bytes);
@@ -299,53 +323,71 @@ impl Disk {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (seq, id, topics, type, data, private, retry, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for e in events {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                insert.execute(params![
-                    seq,
-                    e.id,
-                    topics_text(&e.topics),
-                    e.event_type,
-                    e.data,
-                    e.private as i64,
-                    e.retry.map(|r| r as i64),
-                    e.source
-                ])?;
-                let size = e.size();
-                window.push_back((seq, size));
-                *bytes += size;
-            }
             let mut upsert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            for (source, key, r) in records {
-                let state =
-                    serde_json::to_string(&r.state).map_err(|e| DiskError(e.to_string()))?;
-                let last = r.last.as_ref();
-                upsert.execute(params![
-                    source,
-                    key,
-                    state,
-                    r.changed_at as i64,
-                    last.map(|e| e.id.as_str()),
-                    last.map(|e| topics_text(&e.topics)),
-                    last.and_then(|e| e.event_type.as_deref()),
-                    last.map(|e| e.data.as_str()),
-                    last.map(|e| e.private as i64),
-                    last.and_then(|e| e.retry.map(|r| r as i64)),
-                ])?;
+            let mut topics = Vec::new();
+            for request in group {
+                topics.clear();
+                for e in request.events {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let text = topics_text(&e.topics);
+                    insert.execute(params![
+                        seq,
+                        e.id,
+                        text,
+                        e.event_type,
+                        e.data,
+                        e.private as i64,
+                        e.retry.map(|r| r as i64),
+                        e.source
+                    ])?;
+                    topics.push(text);
+                    let size = event_size(&e.id, &e.data);
+                    window.push_back((seq, size));
+                    *bytes += size;
+                }
+                for r in request.records {
+                    let last = r
+                        .event
+                        .and_then(|i| request.events.get(i).zip(topics.get(i)));
+                    upsert.execute(params![
+                        request.source,
+                        r.key,
+                        r.state_json,
+                        request.changed_at as i64,
+                        last.map(|(e, _)| e.id.as_str()),
+                        last.map(|(_, t)| t.as_str()),
+                        last.and_then(|(e, _)| e.event_type.as_deref()),
+                        last.map(|(e, _)| e.data.as_str()),
+                        last.map(|(e, _)| e.private as i64),
+                        last.and_then(|(e, _)| e.retry.map(|r| r as i64)),
+                    ])?;
+                }
             }
             let mut delete =
                 tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
-            for (source, key) in &self.forget {
-                if !records.iter().any(|(s, k, _)| s == source && k == key) {
+            for (source, key) in forget {
+                let rewritten = group
+                    .iter()
+                    .any(|g| g.source == source && g.records.iter().any(|r| &r.key == key));
+                if !rewritten {
                     delete.execute(params![source, key])?;
                 }
             }
         }
-        if let Some(upto) = trim(window, bytes, self.max_events, self.max_bytes) {
-            tx.execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
+        let mut upto = None;
+        while window.len() > 1 && (window.len() > self.max_events || *bytes > self.max_bytes) {
+            if let Some((seq, size)) = window.pop_front() {
+                *bytes -= size;
+                upto = Some(seq);
+                popped.push((seq, size));
+            }
+        }
+        if let Some(upto) = upto {
+            tx.prepare_cached("DELETE FROM events WHERE seq <= ?1")?
+                .execute([upto])?;
         }
         tx.commit()?;
         Ok(())

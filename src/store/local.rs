@@ -1,57 +1,120 @@
 //! The in-process backends: memory only, or memory mirrored on disk.
 //!
-//! One lock orders every commit of this process: a request's record states are read,
-//! planned and written under it, so two deliveries never interleave their
-//! read-diff-write, and a snapshot taken under it sees the record states and the last
-//! committed event of the same instant. With a database, the request's events and
-//! record states are written in one transaction, committed (synced to disk) before the
-//! hub streams them and before the webhook is answered; if the commit fails nothing
-//! changes in memory and the sender retries.
+//! One lock orders every request of this process: a request's record states are read
+//! and planned under it, so two deliveries never interleave their read-diff-write, and
+//! a snapshot taken under it sees the record states and the last committed event of the
+//! same instant.
+//!
+//! Memory only, a request is applied under the lock. With a database, requests are
+//! committed in groups (group commit): a request plans under the lock against the
+//! durable record states plus the states planned by requests still waiting for their
+//! commit, queues its rows and waits. One writer thread takes every queued request,
+//! writes them all in one SQLite transaction with one sync, and only then hands their
+//! events to the hub, applies their record states and answers each request. So a
+//! webhook is acknowledged only once the transaction holding its rows is durable, and
+//! the hub never streams an event that a crash could take back. A request whose own
+//! rows cannot be encoded fails alone, before it joins a group; if a transaction fails
+//! (disk full, I/O error), its requests and every request planned after them fail
+//! (503) and the planned states are dropped, so memory and disk still agree and the
+//! senders' retries start from the durable states.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio::sync::{oneshot, watch};
 
-use super::disk::{Disk, DiskEvent, DiskRecord};
-use super::records::{now_ms, Records};
-use super::{
-    Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, SnapshotRecord,
-    StoreError,
-};
+use super::disk::{Disk, GroupWrite, RecordRow};
+use super::records::{now_ms, Key, Records};
+use super::{Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, StoreError};
 use crate::config::Config;
 use crate::hub::{EventDraft, Hub, Subscription};
+use crate::ingest::record::StoredRecord;
 
 /// Memory or disk store of one process.
 pub struct LocalStore {
+    shared: Arc<Shared>,
+    /// The group-commit writer (disk store only).
+    writer: Option<JoinHandle<()>>,
+    describe: String,
+}
+
+struct Shared {
     hub: Arc<Hub>,
     inner: Mutex<Inner>,
-    describe: String,
+    /// Wakes the writer when a request is queued or the store closes.
+    wake: Condvar,
+    /// The number of the last request the writer has settled (committed or failed).
+    settled: watch::Sender<u64>,
 }
 
 struct Inner {
     records: Records,
-    disk: Option<Disk>,
+    /// Disk store: the states planned by queued requests, by record, with the number of
+    /// the last request that planned each (the durable states are in `records`).
+    planned: HashMap<Key, (StoredRecord, u64)>,
+    /// Disk store: requests waiting for the next group commit, in order.
+    queue: Vec<Job>,
+    /// Disk store: IDs of published updates waiting for their commit, with their request.
+    pending_ids: HashMap<String, u64>,
+    /// Number of the last request queued.
+    last_job: u64,
+    /// Records evicted from memory, deleted from the database with the next commit.
+    forget: Vec<Key>,
+    /// The store is being dropped: the writer drains the queue and stops.
+    closing: bool,
+}
+
+/// One request waiting for its group commit.
+struct Job {
+    number: u64,
+    source: String,
+    events: Vec<EventDraft>,
+    records: Vec<RecordRow>,
+    changed_at: u64,
+    done: oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl LocalStore {
-    /// Memory only.
-    pub fn memory(hub: Arc<Hub>, config: &Config) -> Self {
+    fn with(hub: Arc<Hub>, records: Records, describe: String) -> Self {
+        let (settled, _) = watch::channel(0);
         Self {
-            hub,
-            inner: Mutex::new(Inner {
-                records: Records::new(config.hub.record_state_capacity, config.hub.record_ttl),
-                disk: None,
+            shared: Arc::new(Shared {
+                hub,
+                inner: Mutex::new(Inner {
+                    records,
+                    planned: HashMap::new(),
+                    queue: Vec::new(),
+                    pending_ids: HashMap::new(),
+                    last_job: 0,
+                    forget: Vec::new(),
+                    closing: false,
+                }),
+                wake: Condvar::new(),
+                settled,
             }),
-            describe: format!(
-                "in memory only (hub.persist = false): history and the last {} record states are lost on restart",
-                config.hub.record_state_capacity
-            ),
+            writer: None,
+            describe,
         }
     }
 
-    /// The disk store at `path`: loads its history into `hub` and its record states.
+    /// Memory only.
+    pub fn memory(hub: Arc<Hub>, config: &Config) -> Self {
+        Self::with(
+            hub,
+            Records::new(config.hub.record_state_capacity, config.hub.record_ttl),
+            format!(
+                "in memory only (hub.persist = false): history and the last {} record states are lost on restart",
+                config.hub.record_state_capacity
+            ),
+        )
+    }
+
+    /// The disk store at `path`: loads its history into `hub` and its record states,
+    /// and starts the group-commit writer.
     pub fn open(path: &Path, hub: Arc<Hub>, config: &Config) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError::Disk {
             path: path.display().to_string(),
@@ -84,46 +147,90 @@ impl LocalStore {
             "loaded history and record states from {}",
             path.display()
         );
-        Ok(Self {
+        let mut store = Self::with(
             hub,
-            inner: Mutex::new(Inner {
-                records,
-                disk: Some(disk),
-            }),
-            describe: format!(
+            records,
+            format!(
                 "on disk in {} (history and record states survive restarts)",
                 path.display()
             ),
-        })
+        );
+        metrics::describe_counter!(
+            "relais_store_commits_total",
+            "Transactions committed (and synced) by the disk store; each holds a group of requests"
+        );
+        metrics::describe_counter!(
+            "relais_store_committed_requests_total",
+            "Requests (webhooks, publishes) made durable by the disk store's group commits"
+        );
+        let shared = store.shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("relais-store".into())
+            .spawn(move || shared.write_groups(disk))
+            .map_err(|e| fail(format!("cannot start the store writer: {e}")))?;
+        store.writer = Some(writer);
+        Ok(store)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Memory is only changed after the database commit succeeded, so a poisoned lock
-        // still guards consistent data.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
-    fn publish_now(&self, draft: EventDraft) -> Result<Published, StoreError> {
-        let mut inner = self.lock();
-        if let Some(known) = self.hub.get(&draft.id) {
-            return if same_update(&known, &draft) {
-                Ok(Published::Repeated(draft.id))
-            } else {
-                Err(StoreError::Conflict(draft.id))
-            };
-        }
-        if let Some(disk) = inner.disk.as_mut() {
-            disk.commit(&[DiskEvent::of(&draft)], &[])
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    fn publish_memory(&self, draft: EventDraft) -> Result<Published, StoreError> {
+        let _inner = self.lock();
+        if let Some(known) = self.shared.hub.get(&draft.id) {
+            return repeated_or_conflict(&known, draft);
         }
         let id = draft.id.clone();
-        self.hub
+        self.shared
+            .hub
             .commit(draft)
             .map_err(|e| StoreError::Conflict(e.to_string()))?;
         Ok(Published::New(id))
     }
 
-    fn ingest_now(
+    async fn publish_disk(&self, draft: EventDraft) -> Result<Published, StoreError> {
+        let mut draft = Some(draft);
+        while let Some(update) = draft.take() {
+            // An update with the same ID may be waiting for its commit: wait for it to
+            // settle, then answer as for a retained one.
+            let waiting = {
+                let mut inner = self.lock();
+                if let Some(known) = self.shared.hub.get(&update.id) {
+                    return repeated_or_conflict(&known, update);
+                }
+                match inner.pending_ids.get(&update.id) {
+                    Some(&number) => {
+                        draft = Some(update);
+                        Err(number)
+                    }
+                    None => {
+                        let id = update.id.clone();
+                        let (number, done) =
+                            self.shared
+                                .enqueue(&mut inner, "mercure", vec![update], Vec::new());
+                        inner.pending_ids.insert(id.clone(), number);
+                        Ok((id, done))
+                    }
+                }
+            };
+            match waiting {
+                Ok((id, done)) => {
+                    settle(done).await?;
+                    return Ok(Published::New(id));
+                }
+                Err(number) => {
+                    let mut settled = self.shared.settled.subscribe();
+                    if settled.wait_for(|&n| n >= number).await.is_err() {
+                        return Err(stopped());
+                    }
+                }
+            }
+        }
+        Err(stopped())
+    }
+
+    fn ingest_memory(
         &self,
         source: &str,
         keys: &[String],
@@ -133,70 +240,233 @@ impl LocalStore {
         let known = inner.records.get_many(source, keys);
         let batch = plan(&known);
         let outcome = batch.outcome();
-        if batch.is_empty() {
-            return Ok(outcome);
-        }
         let Batch {
             events, records, ..
         } = batch;
         let changed_at = now_ms();
-        if let Some(disk) = inner.disk.as_mut() {
-            let disk_events: Vec<DiskEvent> = events.iter().map(DiskEvent::of).collect();
-            let disk_records: Vec<(String, String, DiskRecord)> = records
-                .iter()
-                .map(|w| {
-                    (
-                        source.to_string(),
-                        w.key.clone(),
-                        DiskRecord {
-                            state: w.state.clone(),
-                            last: w.event.and_then(|i| disk_events.get(i).cloned()),
-                            changed_at,
-                        },
-                    )
-                })
-                .collect();
-            disk.commit(&disk_events, &disk_records)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        }
-        let mut committed = Vec::with_capacity(events.len());
-        for draft in events {
-            // IDs are generated (UUIDv7): a duplicate cannot happen.
-            match self.hub.commit(draft) {
-                Ok(event) => committed.push(Some(event)),
-                Err(e) => {
-                    tracing::error!("event not committed to the hub: {e}");
-                    committed.push(None);
-                }
-            }
-        }
-        let mut evicted = Vec::new();
+        let committed: Vec<_> = events
+            .into_iter()
+            .map(|draft| self.shared.commit_to_hub(draft))
+            .collect();
         for w in records {
             let last = w.event.and_then(|i| committed.get(i).cloned().flatten());
-            evicted.extend(inner.records.put(
-                (source.to_string(), w.key),
-                w.state,
-                last,
-                changed_at,
-            ));
+            inner
+                .records
+                .put((source.to_string(), w.key), w.state, last, changed_at);
         }
-        if let Some(disk) = inner.disk.as_mut() {
-            // Records pushed out of the bounded state leave the database with the next
-            // commit (until then a restart reloads them and evicts them again).
-            disk.forget(evicted);
-        }
+        Ok(outcome)
+    }
+
+    async fn ingest_disk(
+        &self,
+        source: &str,
+        keys: &[String],
+        plan: &PlanFn<'_>,
+    ) -> Result<Ingested, StoreError> {
+        let (outcome, done) = {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            let mut known = inner.records.get_many(source, keys);
+            if !inner.planned.is_empty() {
+                for key in keys {
+                    if let Some((state, _)) = inner.planned.get(&(source.to_string(), key.clone()))
+                    {
+                        known.insert(key.clone(), state.clone());
+                    }
+                }
+            }
+            let batch = plan(&known);
+            let outcome = batch.outcome();
+            if batch.is_empty() {
+                return Ok(outcome);
+            }
+            let Batch {
+                events, records, ..
+            } = batch;
+            // Encoded here, so a record that cannot be stored fails its own request only.
+            let mut rows = Vec::with_capacity(records.len());
+            for w in records {
+                let state_json = serde_json::to_string(&w.state).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot encode record {}: {e}", w.key))
+                })?;
+                rows.push(RecordRow {
+                    key: w.key,
+                    state: w.state,
+                    state_json,
+                    event: w.event,
+                });
+            }
+            let (_, done) = self.shared.enqueue(inner, source, events, rows);
+            (outcome, done)
+        };
+        settle(done).await?;
         Ok(outcome)
     }
 }
 
-/// Runs a commit that may wait for the disk: on a multi-threaded runtime the worker hands
-/// its other tasks (streams, other requests) to the rest of the pool meanwhile.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
+/// Waits for a request's group commit.
+async fn settle(done: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    done.await.unwrap_or_else(|_| Err(stopped()))
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store writer stopped".into())
+}
+
+fn repeated_or_conflict(
+    known: &crate::hub::Event,
+    draft: EventDraft,
+) -> Result<Published, StoreError> {
+    if same_update(known, &draft) {
+        Ok(Published::Repeated(draft.id))
+    } else {
+        Err(StoreError::Conflict(draft.id))
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Memory is only changed after the database commit succeeded (or, memory only,
+        // after planning), so a poisoned lock still guards consistent data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a planned request for the next group commit (under the lock).
+    fn enqueue(
+        &self,
+        inner: &mut Inner,
+        source: &str,
+        events: Vec<EventDraft>,
+        records: Vec<RecordRow>,
+    ) -> (u64, oneshot::Receiver<Result<(), StoreError>>) {
+        inner.last_job += 1;
+        let number = inner.last_job;
+        for r in &records {
+            inner.planned.insert(
+                (source.to_string(), r.key.clone()),
+                (r.state.clone(), number),
+            );
         }
-        _ => f(),
+        let (done, wait) = oneshot::channel();
+        inner.queue.push(Job {
+            number,
+            source: source.to_string(),
+            events,
+            records,
+            changed_at: now_ms(),
+            done,
+        });
+        self.wake.notify_one();
+        (number, wait)
+    }
+
+    fn commit_to_hub(&self, draft: EventDraft) -> Option<Arc<crate::hub::Event>> {
+        // IDs are generated (UUIDv7) or checked before: a duplicate cannot happen.
+        match self.hub.commit(draft) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                tracing::error!("event not committed to the hub: {e}");
+                None
+            }
+        }
+    }
+
+    /// The writer thread: commits every queued request in one transaction, then hands
+    /// the events to the hub, applies the record states and answers the requests.
+    fn write_groups(&self, mut disk: Disk) {
+        loop {
+            let (jobs, forget) = {
+                let mut inner = self.lock();
+                while inner.queue.is_empty() && !inner.closing {
+                    inner = self.wake.wait(inner).unwrap_or_else(|p| p.into_inner());
+                }
+                if inner.queue.is_empty() {
+                    return;
+                }
+                (
+                    std::mem::take(&mut inner.queue),
+                    std::mem::take(&mut inner.forget),
+                )
+            };
+            let group: Vec<GroupWrite<'_>> = jobs
+                .iter()
+                .map(|j| GroupWrite {
+                    source: &j.source,
+                    events: &j.events,
+                    records: &j.records,
+                    changed_at: j.changed_at,
+                })
+                .collect();
+            let result = disk.commit_group(&group, &forget);
+            drop(group);
+            if result.is_ok() {
+                metrics::counter!("relais_store_commits_total").increment(1);
+                metrics::counter!("relais_store_committed_requests_total")
+                    .increment(jobs.len() as u64);
+            }
+            let mut answers = Vec::with_capacity(jobs.len());
+            let mut inner = self.lock();
+            let mut last = jobs.last().map_or(0, |j| j.number);
+            match result {
+                Ok(()) => {
+                    for job in jobs {
+                        let committed: Vec<_> = job
+                            .events
+                            .into_iter()
+                            .map(|draft| {
+                                inner.pending_ids.remove(&draft.id);
+                                self.commit_to_hub(draft)
+                            })
+                            .collect();
+                        for r in job.records {
+                            let key = (job.source.clone(), r.key);
+                            if inner
+                                .planned
+                                .get(&key)
+                                .is_some_and(|(_, n)| *n == job.number)
+                            {
+                                inner.planned.remove(&key);
+                            }
+                            let last = r.event.and_then(|i| committed.get(i).cloned().flatten());
+                            let evicted = inner.records.put(key, r.state, last, job.changed_at);
+                            inner.forget.extend(evicted);
+                        }
+                        answers.push((job.done, Ok(())));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("store commit failed, {} requests refused: {e}", jobs.len());
+                    // Requests queued meanwhile planned against the failed ones' states.
+                    let later = std::mem::take(&mut inner.queue);
+                    last = later.last().map_or(last, |j| j.number);
+                    for job in jobs.into_iter().chain(later) {
+                        let error = StoreError::Unavailable(format!("commit failed: {e}"));
+                        answers.push((job.done, Err(error)));
+                    }
+                    inner.planned.clear();
+                    inner.pending_ids.clear();
+                    inner.forget.extend(forget);
+                }
+            }
+            drop(inner);
+            self.settled.send_replace(last);
+            for (done, answer) in answers {
+                // A request whose client left no longer waits: nothing to tell.
+                let _ = done.send(answer);
+            }
+        }
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        self.lock().closing = true;
+        self.shared.wake.notify_all();
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("the store writer panicked");
+            }
+        }
     }
 }
 
@@ -212,7 +482,10 @@ pub fn same_update(event: &crate::hub::Event, draft: &EventDraft) -> bool {
 
 impl Backend for LocalStore {
     fn publish(&self, draft: EventDraft) -> BoxFuture<'_, Result<Published, StoreError>> {
-        let result = blocking(|| self.publish_now(draft));
+        if self.writer.is_some() {
+            return self.publish_disk(draft).boxed();
+        }
+        let result = self.publish_memory(draft);
         async move { result }.boxed()
     }
 
@@ -222,7 +495,10 @@ impl Backend for LocalStore {
         keys: &'a [String],
         plan: &'a PlanFn<'a>,
     ) -> BoxFuture<'a, Result<Ingested, StoreError>> {
-        let result = blocking(|| self.ingest_now(source, keys, plan));
+        if self.writer.is_some() {
+            return self.ingest_disk(source, keys, plan).boxed();
+        }
+        let result = self.ingest_memory(source, keys, plan);
         async move { result }.boxed()
     }
 
@@ -240,10 +516,13 @@ impl Backend for LocalStore {
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
         let inner = self.lock();
-        let last_event_id = self.hub.last_id().unwrap_or_else(|| "earliest".to_string());
-        let events = inner.records.matching(subscription);
+        let last_event_id = self
+            .shared
+            .hub
+            .last_id()
+            .unwrap_or_else(|| "earliest".to_string());
+        let records = inner.records.matching(subscription);
         drop(inner);
-        let records = events.iter().map(|e| SnapshotRecord::of(e)).collect();
         async move {
             Ok(Snapshot {
                 last_event_id,

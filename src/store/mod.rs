@@ -127,38 +127,83 @@ pub struct Snapshot {
     /// The last event committed when the snapshot was taken (`earliest` when nothing is
     /// retained yet: subscribing from it replays everything that came after).
     pub last_event_id: String,
-    /// One event per record.
-    pub records: Vec<SnapshotRecord>,
+    /// One event per record, shared with the store (not copied per request).
+    pub records: Vec<Arc<SnapshotRecord>>,
 }
 
-/// One record of a snapshot: its last event.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// One record of a snapshot: its last event, with its `/state` entry encoded once.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotRecord {
     /// The event ID.
     pub id: String,
     /// The event type.
-    #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// Its topics.
     pub topics: Vec<String>,
     /// The normalized event data (JSON text as published).
-    #[serde(skip)]
     pub data: String,
-    /// Whether it is private (not serialized: only a matching claim sees it).
-    #[serde(skip)]
+    /// Whether it is private (only a matching claim sees it).
     pub private: bool,
+    /// The record's JSON object as `/state` answers it: `{"id", "type", "topics",
+    /// "data"}`, `data` embedded as JSON when it is JSON, else as a string.
+    pub json: bytes::Bytes,
+}
+
+#[derive(serde::Serialize)]
+struct Entry<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: Option<&'a str>,
+    topics: &'a [String],
+    data: EntryData<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum EntryData<'a> {
+    Json(&'a serde_json::value::RawValue),
+    Text(&'a str),
 }
 
 impl SnapshotRecord {
+    /// A record's last event, encoding its `/state` entry.
+    pub fn new(
+        id: String,
+        event_type: Option<String>,
+        topics: Vec<String>,
+        data: String,
+        private: bool,
+    ) -> Self {
+        let entry = Entry {
+            id: &id,
+            event_type: event_type.as_deref(),
+            topics: &topics,
+            data: match serde_json::from_str(&data) {
+                Ok(raw) => EntryData::Json(raw),
+                Err(_) => EntryData::Text(&data),
+            },
+        };
+        // Strings and raw JSON always encode.
+        let json = serde_json::to_vec(&entry).unwrap_or_default().into();
+        Self {
+            id,
+            event_type,
+            topics,
+            data,
+            private,
+            json,
+        }
+    }
+
     /// From a committed event.
     pub fn of(event: &Event) -> Self {
-        Self {
-            id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            topics: event.topics.clone(),
-            data: event.data.to_string(),
-            private: event.private,
-        }
+        Self::new(
+            event.id.clone(),
+            event.event_type.clone(),
+            event.topics.clone(),
+            event.data.to_string(),
+            event.private,
+        )
     }
 }
 

@@ -6,9 +6,10 @@
 //! change in its database and reloads this map on start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::SnapshotRecord;
 use crate::hub::{Event, Subscription};
 use crate::ingest::record::StoredRecord;
 
@@ -26,6 +27,8 @@ pub struct Entry {
     pub changed_at: u64,
     /// Last use, for least-recently-used eviction.
     tick: u64,
+    /// The last event's `/state` entry, encoded by the first snapshot that needs it.
+    snapshot: OnceLock<Arc<SnapshotRecord>>,
 }
 
 /// A bounded LRU map of record states.
@@ -121,6 +124,7 @@ impl Records {
             last,
             changed_at,
             tick,
+            snapshot: OnceLock::new(),
         };
         if let Some(old) = self.entries.insert(key.clone(), entry) {
             self.order.remove(&old.tick);
@@ -145,15 +149,20 @@ impl Records {
     }
 
     /// The last events of the records a subscriber may see (selectors and private
-    /// rules as for streaming), in no particular order.
-    pub fn matching(&self, subscription: &Subscription) -> Vec<Arc<Event>> {
+    /// rules as for streaming), in no particular order, each encoded for `/state` once
+    /// per change of its record.
+    pub fn matching(&self, subscription: &Subscription) -> Vec<Arc<SnapshotRecord>> {
         let now = now_ms();
         self.entries
             .values()
             .filter(|e| !self.expired(e, now))
-            .filter_map(|e| e.last.as_ref())
-            .filter(|event| subscription.wants(event))
-            .cloned()
+            .filter_map(|e| Some((e, e.last.as_ref()?)))
+            .filter(|(_, event)| subscription.wants(event))
+            .map(|(e, event)| {
+                e.snapshot
+                    .get_or_init(|| Arc::new(SnapshotRecord::of(event)))
+                    .clone()
+            })
             .collect()
     }
 

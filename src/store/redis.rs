@@ -91,10 +91,18 @@ for e = 0, ne - 1 do
     redis.call('SET', ARGV[2] .. ARGV[b], ARGV[b + 1], 'EX', ARGV[3])
   end
 end
+local indexed = {}
 for w = 0, nw - 1 do
   local key = ARGV[writes_at + 2 * w]
   redis.call('SET', key, ARGV[writes_at + 2 * w + 1], 'EX', ARGV[4])
-  redis.call('SADD', KEYS[2], key)
+  indexed[#indexed + 1] = key
+  if #indexed == 1000 then
+    redis.call('SADD', KEYS[2], unpack(indexed))
+    indexed = {}
+  end
+end
+if #indexed > 0 then
+  redis.call('SADD', KEYS[2], unpack(indexed))
 end
 return ne
 "#;
@@ -237,7 +245,17 @@ pub struct RedisStore {
     snapshot_script: Arc<redis::Script>,
     read_pos: watch::Receiver<StreamPos>,
     reader_healthy: Arc<AtomicBool>,
+    /// The record states this instance last read or wrote, by Redis key, with their
+    /// stored text (the fence). Held for a whole delivery: this instance's deliveries
+    /// run one after the other, so they never fence each other out, and a delivery of
+    /// records this instance knows needs no read before its commit. Another instance's
+    /// write fails the fence; the delivery then reads the records again and replans.
+    known: Arc<tokio::sync::Mutex<KnownStates>>,
 }
+
+/// Record states known to this instance, least recently used out first (bounded by
+/// `hub.record_state_capacity`).
+type KnownStates = lru::LruCache<String, (String, StoredRecord)>;
 
 /// Why Redis could not be reached at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +287,7 @@ impl RedisStore {
         let prefix = config.redis.key_prefix.as_deref().unwrap_or("relais:");
         let history_size = config.hub.history_size;
         let state_ttl = config.redis.state_ttl;
+        let known_capacity = config.hub.record_state_capacity;
         let err = |reason: String| RedisConnectError {
             url: masked_url(url),
             reason,
@@ -321,6 +340,9 @@ impl RedisStore {
             snapshot_script: Arc::new(redis::Script::new(SNAPSHOT_SCRIPT)),
             read_pos,
             reader_healthy,
+            known: Arc::new(tokio::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(known_capacity).unwrap_or(std::num::NonZeroUsize::MIN),
+            ))),
         })
     }
 
@@ -454,11 +476,38 @@ impl RedisStore {
         keys: &[String],
         plan: &PlanFn<'_>,
     ) -> Result<Ingested, StoreError> {
-        // No lock: deliveries run concurrently (on this instance as on others), and the
-        // fenced commit makes any that raced over a record plan again.
+        let mut cache = self.known.lock().await;
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.state_key(source, k)).collect();
         let mut attempt = 0;
         loop {
-            let (known, fence) = self.load(source, keys).await?;
+            // Read only the records this instance does not know.
+            let missing: Vec<String> = redis_keys
+                .iter()
+                .filter(|k| !cache.contains(*k))
+                .cloned()
+                .collect();
+            let raw = self.get_many(&missing).await?;
+            for (redis_key, value) in missing.into_iter().zip(raw) {
+                if let Some(text) = value {
+                    match serde_json::from_str::<RedisRecord>(&text) {
+                        Ok(record) => {
+                            cache.put(redis_key, (text, record.state));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%source, record = %redis_key, "ignoring unreadable record state: {e}")
+                        }
+                    }
+                }
+            }
+            let mut known = HashMap::new();
+            let mut fence = Vec::with_capacity(keys.len());
+            for (key, redis_key) in keys.iter().zip(&redis_keys) {
+                let text = cache.get(redis_key).map(|(text, state)| {
+                    known.insert(key.clone(), state.clone());
+                    text.clone()
+                });
+                fence.push((redis_key.clone(), text));
+            }
             let batch = plan(&known);
             let outcome = batch.outcome();
             if batch.is_empty() {
@@ -467,40 +516,56 @@ impl RedisStore {
             let Batch {
                 events, records, ..
             } = batch;
-            let writes: Vec<(String, String)> = records
-                .into_iter()
-                .filter_map(|w| {
-                    let last = w.event.and_then(|i| events.get(i)).map(|d| LastEvent {
-                        id: d.id.clone(),
-                        topics: d.topics.clone(),
-                        event_type: d.event_type.clone(),
-                        data: d.data.clone(),
-                        private: d.private,
-                    });
-                    let record = RedisRecord {
-                        state: w.state,
-                        last,
-                    };
-                    serde_json::to_string(&record)
-                        .ok()
-                        .map(|json| (self.state_key(source, &w.key), json))
-                })
-                .collect();
-            match self.commit(&events, false, &fence, &writes).await? {
-                Fenced::Published | Fenced::Repeated => return Ok(outcome),
-                Fenced::Conflict if attempt < MAX_CONFLICT_RETRIES => {
+            let mut states = Vec::with_capacity(records.len());
+            let mut writes = Vec::with_capacity(records.len());
+            for w in records {
+                let last = w.event.and_then(|i| events.get(i)).map(|d| LastEvent {
+                    id: d.id.clone(),
+                    topics: d.topics.clone(),
+                    event_type: d.event_type.clone(),
+                    data: d.data.clone(),
+                    private: d.private,
+                });
+                let record = RedisRecord {
+                    state: w.state,
+                    last,
+                };
+                if let Ok(json) = serde_json::to_string(&record) {
+                    writes.push((self.state_key(source, &w.key), json));
+                    states.push(record.state);
+                }
+            }
+            let committed = self.commit(&events, false, &fence, &writes).await;
+            match committed {
+                Ok(Fenced::Published | Fenced::Repeated) => {
+                    for ((redis_key, text), state) in writes.into_iter().zip(states) {
+                        cache.put(redis_key, (text, state));
+                    }
+                    return Ok(outcome);
+                }
+                Ok(Fenced::Conflict) if attempt < MAX_CONFLICT_RETRIES => {
                     // Another instance changed one of these records meanwhile.
                     attempt += 1;
+                    for redis_key in &redis_keys {
+                        cache.pop(redis_key);
+                    }
                     metrics::counter!("relais_ingest_conflicts_total", "source" => source.to_string())
                         .increment(1);
                     // A short random pause, so that racing deliveries do not collide again.
                     let pause = rand::random_range(0..=(attempt as u64 * 2));
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
-                Fenced::Conflict => {
+                Ok(Fenced::Conflict) => {
                     return Err(StoreError::Unavailable(
                         "records kept changing under concurrent deliveries; retry".into(),
                     ))
+                }
+                Err(e) => {
+                    // The commit may have been applied or not: read again next time.
+                    for redis_key in &redis_keys {
+                        cache.pop(redis_key);
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -525,12 +590,14 @@ impl RedisStore {
         let records = reply
             .filter_map(|text| serde_json::from_str::<RedisRecord>(&text).ok()?.last)
             .filter(|last| subscription.permits(&last.topics, last.private))
-            .map(|last| SnapshotRecord {
-                id: last.id,
-                event_type: last.event_type,
-                topics: last.topics,
-                data: last.data,
-                private: last.private,
+            .map(|last| {
+                Arc::new(SnapshotRecord::new(
+                    last.id,
+                    last.event_type,
+                    last.topics,
+                    last.data,
+                    last.private,
+                ))
             })
             .collect();
         Ok(Snapshot {
