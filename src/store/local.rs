@@ -159,10 +159,11 @@ impl LocalStore {
             disk.commit(&disk_events, &disk_records)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
+        // One hub commit for the whole batch: one fan-out, one wake-up per subscriber.
         let mut committed = Vec::with_capacity(events.len());
-        for draft in events {
+        for result in self.hub.commit_all(events) {
             // IDs are generated (UUIDv7): a duplicate cannot happen.
-            match self.hub.commit(draft) {
+            match result {
                 Ok(event) => committed.push(Some(event)),
                 Err(e) => {
                     tracing::error!("event not committed to the hub: {e}");
