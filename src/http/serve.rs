@@ -55,7 +55,8 @@ const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n
 /// and logged (at most once every ten seconds).
 pub async fn run(listener: TcpListener, router: Router, app: AppState) {
     let tracker = TaskTracker::new();
-    let builder = hyper_builder(&app.config.server);
+    // Shared, so that a connection's task holds a pointer to it, not a copy.
+    let builder = Arc::new(hyper_builder(&app.config.server));
     let max = app.config.server.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let mut refusals = RefusalLog::default();
@@ -149,12 +150,15 @@ async fn connection(
     mut stream: TcpStream,
     router: Router,
     app: AppState,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
     let server = &app.config.server;
     let mut head = BytesMut::with_capacity(1024);
+    // Every long or large await of this task is boxed (the head read, `prepare`, the
+    // stream, hyper's connection): a future is as large as its largest state and a
+    // stream's task lives long, so an idle stream must not pay for the others.
     let read = read_subscribe_head(&mut stream, &mut head, server.max_head_bytes);
-    let request = match tokio::time::timeout(server.head_timeout, read).await {
+    let request = match Box::pin(tokio::time::timeout(server.head_timeout, read)).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) if e.get_ref().is_some_and(|e| e.is::<HeadTooLarge>()) => {
             let _ = stream.write_all(HEAD_TOO_LARGE).await;
@@ -166,12 +170,17 @@ async fn connection(
     };
     if let Some(request) = request {
         // Refused requests fall through: hyper and the router answer them like any other.
-        if let Ok(prepared) = prepare(app.clone(), &request.headers, request.query.as_deref()).await
-        {
+        let prepared = Box::pin(prepare(
+            app.clone(),
+            &request.headers,
+            request.query.as_deref(),
+        ))
+        .await;
+        if let Ok(prepared) = prepared {
             drop(head);
             let cors = cors_headers(&app.config.server.cors_origins, &request.headers);
             drop(request);
-            stream_to_socket(stream, prepared, cors).await;
+            Box::pin(stream_to_socket(stream, prepared, cors)).await;
             return;
         }
     }
@@ -194,8 +203,7 @@ async fn connection(
             }
         },
     );
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
+    let mut conn = Box::pin(builder.serve_connection(io, service));
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
@@ -289,7 +297,8 @@ async fn stream_to_socket(
         ..
     } = prepared;
     let mut pending = Some(Bytes::from(head));
-    let mut scratch = [0u8; 256];
+    // Small: it lives in every stream's task, and a client sends nothing on a stream.
+    let mut scratch = [0u8; 16];
     loop {
         tokio::select! {
             item = events.next() => {
@@ -341,33 +350,54 @@ async fn stream_to_socket(
 /// Most slices handed to one `writev`.
 const MAX_IOV: usize = 64;
 
-/// Writes `head` (if any) then every frame, with vectored writes of the shared bytes.
+/// Writes `head` (if any) then every frame, with vectored writes of the shared bytes
+/// (nothing is copied or allocated per write).
 async fn write_frames(
     socket: &mut TcpStream,
     head: Option<&Bytes>,
     frames: &[Bytes],
 ) -> io::Result<()> {
-    let parts: Vec<&[u8]> = head
-        .into_iter()
-        .chain(frames.iter())
-        .map(|b| b.as_ref())
-        .filter(|b| !b.is_empty())
-        .collect();
+    let skip = usize::from(head.is_none());
+    let count = frames.len() + 1 - skip;
+    // Part 0 is the head, then the frames.
+    let part = |i: usize| -> &[u8] {
+        match (i + skip).checked_sub(1) {
+            None => head.map_or(&[][..], |h| h.as_ref()),
+            Some(f) => frames[f].as_ref(),
+        }
+    };
     let (mut index, mut offset) = (0usize, 0usize);
     let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
-    while index < parts.len() {
+    loop {
+        // Past what is written and past empty parts.
+        while index < count && offset == part(index).len() {
+            index += 1;
+            offset = 0;
+        }
+        if index == count {
+            return Ok(());
+        }
         let mut n = 0;
-        for (i, part) in parts[index..].iter().take(MAX_IOV).enumerate() {
-            iov[i] = io::IoSlice::new(if i == 0 { &part[offset..] } else { part });
-            n += 1;
+        for i in index..count {
+            if n == MAX_IOV {
+                break;
+            }
+            let bytes = if i == index {
+                &part(i)[offset..]
+            } else {
+                part(i)
+            };
+            if !bytes.is_empty() {
+                iov[n] = io::IoSlice::new(bytes);
+                n += 1;
+            }
         }
         let mut written = socket.write_vectored(&iov[..n]).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        // Advance past what was written.
-        while written > 0 && index < parts.len() {
-            let left = parts[index].len() - offset;
+        while written > 0 {
+            let left = part(index).len() - offset;
             if written >= left {
                 written -= left;
                 index += 1;
@@ -378,7 +408,6 @@ async fn write_frames(
             }
         }
     }
-    Ok(())
 }
 
 /// A connection whose first bytes were already read: they are read again first.
@@ -430,5 +459,46 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte of the head and the frames arrives, in order, across partial writes,
+    /// more frames than one `writev` takes, and empty frames.
+    #[tokio::test]
+    async fn write_frames_writes_everything_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let head = Bytes::from_static(b"HEAD\r\n\r\n");
+        let frames: Vec<Bytes> = (0..500)
+            .map(|i| match i % 7 {
+                0 => Bytes::new(),
+                _ => Bytes::from(format!("{i}:").repeat(i % 50 * 40 + 1)),
+            })
+            .collect();
+        let mut expected = head.to_vec();
+        frames.iter().for_each(|f| expected.extend_from_slice(f));
+        write_frames(&mut socket, Some(&head), &frames)
+            .await
+            .unwrap();
+        write_frames(&mut socket, None, &frames[..3]).await.unwrap();
+        write_frames(&mut socket, None, &[]).await.unwrap();
+        frames[..3]
+            .iter()
+            .for_each(|f| expected.extend_from_slice(f));
+        drop(socket);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected);
     }
 }

@@ -47,7 +47,7 @@ struct Group {
 /// What routing one event did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Routed {
-    /// Subscribers the event was queued for.
+    /// Deliveries queued: one per subscriber per event it was queued for.
     pub queued: usize,
     /// Subscribers whose queue overflowed (they were taken out of the index).
     pub lagged: usize,
@@ -141,42 +141,117 @@ impl Index {
 
     /// Queues `event` for every subscriber it is for.
     pub fn route(&mut self, event: &Arc<Event>) -> Routed {
-        self.stamp += 1;
-        let stamp = self.stamp;
+        self.route_all(std::slice::from_ref(event))
+    }
+
+    /// Queues each of `events` (in commit order) for every subscriber it is for.
+    ///
+    /// Consecutive public events with the same audience (the very same member lists:
+    /// the subscribers of their exact topics and of the patterns they match; a
+    /// webhook's rows for `*` subscribers, for instance) form a run, queued with one
+    /// [`Queue::push_all`] per subscriber: one lock and at most one wake-up per
+    /// subscriber per run instead of one per event. A private event is a run of its
+    /// own, since each subscriber's claims decide whether it gets it.
+    pub fn route_all(&mut self, events: &[Arc<Event>]) -> Routed {
         let mut routed = Routed::default();
         let mut lagged: Vec<SubscriberId> = Vec::new();
-        let slots = &mut self.slots;
-        let mut offer = |id: SubscriberId| {
-            let Some(Some(entry)) = slots.get_mut(id as usize) else {
-                return;
-            };
-            if entry.seen == stamp {
-                return;
+        let Index {
+            slots,
+            exact,
+            patterns,
+            stamp: counter,
+            ..
+        } = self;
+        let mut current = Audience::default();
+        let mut ahead = Audience::default();
+        let mut ahead_of: Option<usize> = None;
+        let mut start = 0;
+        while start < events.len() {
+            if ahead_of == Some(start) {
+                std::mem::swap(&mut current, &mut ahead);
+            } else {
+                current.find(exact, patterns, &events[start]);
             }
-            entry.seen = stamp;
-            if event.private && !claims_allow(&entry.subscription, event) {
-                return;
+            ahead_of = None;
+            let mut end = start + 1;
+            if !events[start].private {
+                while end < events.len() && !events[end].private {
+                    ahead.find(exact, patterns, &events[end]);
+                    if !current.same(&ahead) {
+                        ahead_of = Some(end);
+                        break;
+                    }
+                    end += 1;
+                }
             }
-            match entry.queue.push(event) {
-                Ok(()) => routed.queued += 1,
-                Err(_) => lagged.push(id),
+            let run = &events[start..end];
+            // A subscriber reached through several lists is served once per run.
+            *counter += 1;
+            let stamp = *counter;
+            for members in &current.lists {
+                for &id in members.iter() {
+                    let Some(Some(entry)) = slots.get_mut(id as usize) else {
+                        continue;
+                    };
+                    if entry.seen == stamp {
+                        continue;
+                    }
+                    entry.seen = stamp;
+                    if run[0].private && !claims_allow(&entry.subscription, &run[0]) {
+                        continue;
+                    }
+                    match entry.queue.push_all(run) {
+                        Ok(()) => routed.queued += run.len(),
+                        Err(_) => lagged.push(id),
+                    }
+                }
             }
-        };
-        for topic in &event.topics {
-            if let Some(members) = self.exact.get(topic.as_str()) {
-                members.iter().for_each(|&id| offer(id));
-            }
-        }
-        for group in self.patterns.values() {
-            if event.topics.iter().any(|t| group.selector.matches(t)) {
-                group.members.iter().for_each(|&id| offer(id));
-            }
+            start = end;
         }
         routed.lagged = lagged.len();
         for id in lagged {
             self.unindex(id);
         }
         routed
+    }
+}
+
+/// The member lists an event reaches: the subscribers of each of its exact topics and
+/// of each pattern matching one of them (a subscriber may be in several).
+#[derive(Default)]
+struct Audience<'a> {
+    lists: Vec<&'a [SubscriberId]>,
+}
+
+impl<'a> Audience<'a> {
+    /// Whether both are the very same lists (compared by identity, not content).
+    fn same(&self, other: &Audience<'_>) -> bool {
+        self.lists.len() == other.lists.len()
+            && self
+                .lists
+                .iter()
+                .zip(&other.lists)
+                .all(|(a, b)| std::ptr::eq(*a, *b))
+    }
+
+    /// Finds the lists `event` reaches.
+    fn find(
+        &mut self,
+        exact: &'a HashMap<String, Vec<SubscriberId>>,
+        patterns: &'a HashMap<String, Group>,
+        event: &Event,
+    ) {
+        self.lists.clear();
+        for topic in &event.topics {
+            if let Some(members) = exact.get(topic.as_str()) {
+                self.lists.push(members);
+            }
+        }
+        for group in patterns.values() {
+            if event.topics.iter().any(|t| group.selector.matches(t)) {
+                self.lists.push(&group.members);
+            }
+        }
     }
 }
 

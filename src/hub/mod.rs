@@ -56,6 +56,37 @@ struct HubInner {
     index: index::Index,
 }
 
+impl HubInner {
+    /// Gives a draft its sequence number and retains it (not yet routed).
+    fn seal(&mut self, draft: EventDraft) -> Result<Arc<Event>, CommitError> {
+        if self.history.contains(&draft.id) {
+            return Err(CommitError::DuplicateId(draft.id));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let label = event::type_label(draft.event_type.as_deref());
+        let known = self
+            .counters
+            .get(&draft.source)
+            .and_then(|by_type| by_type.get(label))
+            .cloned();
+        let counter = match known {
+            Some(counter) => counter,
+            None => {
+                let counter = event::delivery_counter(&draft.source, draft.event_type.as_deref());
+                self.counters
+                    .entry(draft.source.clone())
+                    .or_default()
+                    .insert(label.to_string(), counter.clone());
+                counter
+            }
+        };
+        let event = Arc::new(Event::with_counter(seq, draft, counter));
+        self.history.push(event.clone());
+        Ok(event)
+    }
+}
+
 /// A subscriber registered with [`Hub::subscribe`]: what to replay, then its live queue.
 pub struct Subscriber {
     /// Retained events after the requested ID (or all of them), oldest first, not yet
@@ -192,35 +223,29 @@ impl Hub {
     /// Commits an event: gives it its sequence number, retains it and fans it out.
     pub fn commit(&self, draft: EventDraft) -> Result<Arc<Event>, CommitError> {
         let mut inner = self.lock();
-        if inner.history.contains(&draft.id) {
-            return Err(CommitError::DuplicateId(draft.id));
-        }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        let label = event::type_label(draft.event_type.as_deref());
-        let known = inner
-            .counters
-            .get(&draft.source)
-            .and_then(|by_type| by_type.get(label))
-            .cloned();
-        let counter = match known {
-            Some(counter) => counter,
-            None => {
-                let counter = event::delivery_counter(&draft.source, draft.event_type.as_deref());
-                inner
-                    .counters
-                    .entry(draft.source.clone())
-                    .or_default()
-                    .insert(label.to_string(), counter.clone());
-                counter
-            }
-        };
-        let event = Arc::new(Event::with_counter(seq, draft, counter));
-        inner.history.push(event.clone());
+        let event = inner.seal(draft)?;
         inner.index.route(&event);
         // No receiver is not an error: the event is still retained for later resumes.
         let _ = self.sender.send(event.clone());
         Ok(event)
+    }
+
+    /// Commits a batch of events (one webhook's rows) in order, under one lock: each is
+    /// sequenced and retained as by [`Hub::commit`], then the batch is fanned out at
+    /// once, so a subscriber that wants several of them gets them with one queue update
+    /// and one wake-up. An event refused (a duplicate ID) is left out; the others are
+    /// committed. The results are in the order of `drafts`.
+    pub fn commit_all(&self, drafts: Vec<EventDraft>) -> Vec<Result<Arc<Event>, CommitError>> {
+        let mut inner = self.lock();
+        let results: Vec<_> = drafts.into_iter().map(|d| inner.seal(d)).collect();
+        let committed: Vec<Arc<Event>> = results.iter().flatten().cloned().collect();
+        inner.index.route_all(&committed);
+        // Under the lock, as in `commit`: an `attach` sees each event in its replay or
+        // in its live receiver, never both.
+        for event in committed {
+            let _ = self.sender.send(event);
+        }
+        results
     }
 
     /// Registers a subscriber resuming from `from`.
@@ -317,8 +342,13 @@ mod tests {
         )
     }
 
-    fn event_spec() -> impl Strategy<Value = (Vec<String>, bool)> {
-        (prop::collection::vec(topic(), 1..4), any::<bool>())
+    /// An event: its topics, whether it is private, and whether its batch ends with it.
+    fn event_spec() -> impl Strategy<Value = (Vec<String>, bool, Option<bool>)> {
+        (
+            prop::collection::vec(topic(), 1..4),
+            any::<bool>(),
+            prop::option::of(any::<bool>()),
+        )
     }
 
     proptest! {
@@ -328,12 +358,19 @@ mod tests {
         #[test]
         fn indexed_delivery_equals_every_subscriber_checking(
             subs in prop::collection::vec(subscriber_spec(), 1..12),
-            events in prop::collection::vec(event_spec(), 0..12),
+            events in prop::collection::vec(event_spec(), 0..16),
         ) {
             let hub = Arc::new(Hub::new(100, 1000));
             let mut live: Vec<(Subscription, usize, Live)> = Vec::new();
             let mut committed: Vec<Arc<Event>> = Vec::new();
+            // Events are committed in batches (`commit_all`) that end where the draw
+            // says or where a subscriber joins, so runs of every shape are routed.
+            let mut batch: Vec<EventDraft> = Vec::new();
             for step in 0..=events.len() {
+                let joining = subs.iter().any(|(_, _, join)| *join == step || (step == events.len() && *join > step));
+                if joining || step == events.len() {
+                    committed.extend(hub.commit_all(std::mem::take(&mut batch)).into_iter().map(Result::unwrap));
+                }
                 for (selectors, claims, join) in &subs {
                     if *join == step || (step == events.len() && *join > step) {
                         let s = subscription(selectors, claims);
@@ -342,11 +379,19 @@ mod tests {
                         live.push((s, committed.len(), attached.live));
                     }
                 }
-                if let Some((topics, private)) = events.get(step) {
+                if let Some((topics, private, flush)) = events.get(step) {
                     let draft = EventDraft::new(topics.clone(), "d")
                         .with_id(format!("e{step}"))
                         .private(*private);
-                    committed.push(hub.commit(draft).unwrap());
+                    match flush {
+                        // A batch of one through `commit`, the rest through `commit_all`.
+                        Some(true) if batch.is_empty() => committed.push(hub.commit(draft).unwrap()),
+                        Some(true) => {
+                            batch.push(draft);
+                            committed.extend(hub.commit_all(std::mem::take(&mut batch)).into_iter().map(Result::unwrap));
+                        }
+                        _ => batch.push(draft),
+                    }
                 }
             }
             prop_assert_eq!(hub.subscriber_count(), live.len());
@@ -429,6 +474,112 @@ mod tests {
         let got: Vec<_> = queued(&stay.live).iter().map(|e| e.id.clone()).collect();
         let expected: Vec<_> = (0..5000).map(|i| format!("e{i}")).collect();
         assert_eq!(got, expected);
+    }
+
+    /// A consumer that takes its queue as soon as it is woken (as a task on the other
+    /// core would), recording how many events each take got.
+    struct Eager {
+        live: Live,
+        takes: Mutex<Vec<usize>>,
+    }
+
+    impl std::task::Wake for Eager {
+        fn wake(self: Arc<Self>) {
+            self.take();
+        }
+    }
+
+    impl Eager {
+        fn take(self: &Arc<Self>) {
+            let waker = std::task::Waker::from(self.clone());
+            let mut cx = std::task::Context::from_waker(&waker);
+            loop {
+                let mut out = VecDeque::new();
+                let ready = {
+                    let mut fut = std::pin::pin!(self.live.next_events(&mut out));
+                    matches!(
+                        std::future::Future::poll(fut.as_mut(), &mut cx),
+                        std::task::Poll::Ready(Ok(()))
+                    )
+                };
+                if !ready {
+                    return;
+                }
+                self.takes.lock().unwrap().push(out.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_reaches_a_subscriber_in_one_queue_update() {
+        let hub = Arc::new(Hub::new(1000, 1000));
+        let eager = |selector: &str| {
+            let s = Subscription {
+                selectors: vec![Selector::parse(selector).unwrap()],
+                claims: Some(vec![Selector::Any]),
+            };
+            let e = Arc::new(Eager {
+                live: hub.subscribe(s, &ResumeFrom::Now).live,
+                takes: Mutex::new(Vec::new()),
+            });
+            e.take();
+            e
+        };
+        let star = eager("*");
+        let rows = eager("rows/{id}");
+        let one = eager("rows/p");
+        let mut batch: Vec<EventDraft> = (0..50)
+            .map(|i| EventDraft::new(vec![format!("rows/{i}")], "x").with_id(format!("e{i}")))
+            .collect();
+        // A private event splits the runs; the subscribers' claims allow it.
+        batch.insert(
+            25,
+            EventDraft::new(vec!["rows/p".into()], "x")
+                .with_id("p")
+                .private(true),
+        );
+        let results = hub.commit_all(batch);
+        assert!(results.iter().all(Result::is_ok));
+        // `*` and `rows/{id}` match every row: one take before the private event,
+        // one for it, one after (with per-event commits it was one per event).
+        assert_eq!(*star.takes.lock().unwrap(), [25, 1, 25]);
+        assert_eq!(*rows.takes.lock().unwrap(), [25, 1, 25]);
+        assert_eq!(*one.takes.lock().unwrap(), [1]);
+        // A subscriber on one row's topic changes that row's audience: the runs split
+        // around it, and everyone still gets every event once, in order.
+        let three = eager("rows/3");
+        let batch = (50..60)
+            .map(|i| {
+                EventDraft::new(vec![format!("rows/{}", i - 50)], "x").with_id(format!("e{i}"))
+            })
+            .collect();
+        assert!(hub.commit_all(batch).iter().all(Result::is_ok));
+        assert_eq!(star.takes.lock().unwrap()[3..], [3, 1, 6]);
+        assert_eq!(*three.takes.lock().unwrap(), [1]);
+    }
+
+    #[test]
+    fn commit_all_refuses_duplicates_alone() {
+        let hub = Arc::new(Hub::new(10, 16));
+        let live = hub
+            .subscribe(
+                Subscription {
+                    selectors: vec![Selector::Any],
+                    claims: None,
+                },
+                &ResumeFrom::Now,
+            )
+            .live;
+        let results = hub.commit_all(vec![draft("a"), draft("a"), draft("b")]);
+        assert!(results[0].is_ok());
+        assert_eq!(
+            results[1].as_ref().unwrap_err(),
+            &CommitError::DuplicateId("a".into())
+        );
+        assert!(results[2].is_ok());
+        let got: Vec<_> = queued(&live).iter().map(|e| e.id.clone()).collect();
+        assert_eq!(got, ["a", "b"]);
+        assert_eq!(hub.retained(), 2);
     }
 
     fn draft(id: &str) -> EventDraft {

@@ -60,25 +60,34 @@ impl Queue {
     /// Queues an event for the consumer. `Err(Lagged)` when a bound was exceeded: the
     /// queue is emptied and stays lagged, and the consumer is woken to end its stream.
     pub fn push(&self, event: &Arc<Event>) -> Result<(), Lagged> {
+        self.push_all(std::slice::from_ref(event))
+    }
+
+    /// Queues several events, in order, under one lock and with at most one wake-up of
+    /// the consumer (a webhook's batch costs one wake per subscriber, not one per
+    /// event). Each event is held to the bounds as [`Queue::push`] would hold it; when
+    /// one exceeds a bound the queue is lagged and holds nothing, as after `push`.
+    pub fn push_all(&self, events: &[Arc<Event>]) -> Result<(), Lagged> {
         let waker;
-        let result;
+        let mut result = Ok(());
         {
             let mut s = self.lock();
             if s.lagged {
                 return Err(Lagged);
             }
-            let size = event.frame.len();
-            let full = !s.events.is_empty()
-                && (s.events.len() >= self.limits.events || s.bytes + size > self.limits.bytes);
-            if full {
-                s.lagged = true;
-                s.events = VecDeque::new();
-                s.bytes = 0;
-                result = Err(Lagged);
-            } else {
+            for event in events {
+                let size = event.frame.len();
+                let full = !s.events.is_empty()
+                    && (s.events.len() >= self.limits.events || s.bytes + size > self.limits.bytes);
+                if full {
+                    s.lagged = true;
+                    s.events = VecDeque::new();
+                    s.bytes = 0;
+                    result = Err(Lagged);
+                    break;
+                }
                 s.events.push_back(event.clone());
                 s.bytes += size;
-                result = Ok(());
             }
             waker = s.waker.take();
         }

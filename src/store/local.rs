@@ -244,10 +244,8 @@ impl LocalStore {
             events, records, ..
         } = batch;
         let changed_at = now_ms();
-        let committed: Vec<_> = events
-            .into_iter()
-            .map(|draft| self.shared.commit_to_hub(draft))
-            .collect();
+        // One hub commit for the whole batch: one fan-out, one wake-up per subscriber.
+        let committed = self.shared.commit_to_hub(events);
         for w in records {
             let last = w.event.and_then(|i| committed.get(i).cloned().flatten());
             inner
@@ -360,15 +358,19 @@ impl Shared {
         (number, wait)
     }
 
-    fn commit_to_hub(&self, draft: EventDraft) -> Option<Arc<crate::hub::Event>> {
+    fn commit_to_hub(&self, drafts: Vec<EventDraft>) -> Vec<Option<Arc<crate::hub::Event>>> {
         // IDs are generated (UUIDv7) or checked before: a duplicate cannot happen.
-        match self.hub.commit(draft) {
-            Ok(event) => Some(event),
-            Err(e) => {
-                tracing::error!("event not committed to the hub: {e}");
-                None
-            }
-        }
+        self.hub
+            .commit_all(drafts)
+            .into_iter()
+            .map(|result| match result {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    tracing::error!("event not committed to the hub: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// The writer thread: commits every queued request in one transaction, then hands
@@ -410,14 +412,11 @@ impl Shared {
             match result {
                 Ok(()) => {
                     for job in jobs {
-                        let committed: Vec<_> = job
-                            .events
-                            .into_iter()
-                            .map(|draft| {
-                                inner.pending_ids.remove(&draft.id);
-                                self.commit_to_hub(draft)
-                            })
-                            .collect();
+                        for draft in &job.events {
+                            inner.pending_ids.remove(&draft.id);
+                        }
+                        // One hub commit per request: one wake-up per subscriber.
+                        let committed = self.commit_to_hub(job.events);
                         for r in job.records {
                             let key = (job.source.clone(), r.key);
                             if inner
