@@ -91,7 +91,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let webhook_ids = Arc::new(crate::ingest::replay::SeenWebhooks::new(
         config.server.webhook_id_cache,
     ));
-    let presence = crate::store::presence_redis::open(&config, &hub, &store, shutdown.clone())
+    let presence = crate::store::presence_redis::open(&config, &hub, shutdown.clone())
         .await
         .map_err(crate::store::OpenError::Redis)?;
     let state = AppState {
@@ -107,7 +107,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let app = router(state.clone());
+    let presence = state.presence.clone();
     crate::http::serve::run(listener, app, state).await;
+    presence.close().await;
     tracing::info!("relais stopped");
     Ok(())
 }

@@ -276,6 +276,15 @@ impl Hub {
         Some(event)
     }
 
+    /// Adds subscriptions known to be active without an event (those other instances
+    /// announced before this one started, read from the shared store).
+    pub fn seed_presence(&self, active: impl IntoIterator<Item = presence::Active>) {
+        let mut inner = self.lock();
+        for a in active {
+            inner.presence.seed(a);
+        }
+    }
+
     /// The active subscriptions `visit` accepts, with the ID of the last event committed
     /// when they were read (`earliest` when none is retained): read together, so
     /// subscribing from that ID misses no change of the list.

@@ -179,6 +179,11 @@ impl Registry {
         }
     }
 
+    /// Records an active subscription without an event.
+    pub fn seed(&mut self, active: Active) {
+        self.active.insert(active.iri.clone(), active);
+    }
+
     /// The active subscriptions, by IRI.
     pub fn active(&self) -> impl Iterator<Item = &Active> {
         self.active.values()
@@ -198,6 +203,17 @@ pub struct Pair {
     /// `active: false`, to publish when it ends (its ID chosen now, so whoever publishes
     /// it, this instance or another after a crash, publishes the same event).
     pub end: Change,
+}
+
+impl Pair {
+    /// The same subscription announced again, with new event IDs (after this instance
+    /// was taken for dead and its subscriptions ended by another).
+    pub fn renewed(&self) -> Pair {
+        let mut pair = self.clone();
+        pair.start.draft.id = super::event::generate_id();
+        pair.end.draft.id = super::event::generate_id();
+        pair
+    }
 }
 
 /// The start and end events of the subscription of `subscriber` to `selector`.
@@ -272,6 +288,8 @@ pub trait Shared: Send + Sync {
     /// Publishes the end of the subscription with this IRI, once: not if another
     /// instance already ended it.
     fn end(&self, iri: String);
+    /// A clean stop: ends every subscription of this instance still listed, once.
+    fn close(&self) -> futures::future::BoxFuture<'_, ()>;
 }
 
 /// Announces this process' subscriptions.
@@ -304,6 +322,14 @@ impl Presence {
     /// Whether subscriptions are announced and listed.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// A clean stop: with a shared backend, ends this instance's subscriptions for the
+    /// others at once (in process, nobody else is left to tell).
+    pub async fn close(&self) {
+        if let Some(shared) = &self.shared {
+            shared.close().await;
+        }
     }
 
     /// Announces the subscriptions of a new connection (one per selector, one new
