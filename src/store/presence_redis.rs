@@ -129,7 +129,7 @@ impl Keys {
 }
 
 enum Command {
-    Start(Pair),
+    Start(Box<Pair>),
     End(String),
 }
 
@@ -158,7 +158,7 @@ struct Worker {
 impl Shared for RedisPresence {
     fn start(&self, pair: Pair) {
         // The worker only stops at shutdown; what is not sent then is ended by `close`.
-        let _ = self.commands.send(Command::Start(pair));
+        let _ = self.commands.send(Command::Start(Box::new(pair)));
     }
 
     fn end(&self, iri: String) {
