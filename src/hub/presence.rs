@@ -190,9 +190,13 @@ impl Registry {
     }
 }
 
-/// The counter of delivered subscription events.
+/// The counter of delivered subscription events (looked up once: a reconnect storm
+/// commits thousands of them).
 pub fn delivery_counter() -> metrics::Counter {
-    super::event::delivery_counter(SOURCE, None)
+    static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    COUNTER
+        .get_or_init(|| super::event::delivery_counter(SOURCE, None))
+        .clone()
 }
 
 /// The start and end events of one subscription.
