@@ -248,7 +248,7 @@ impl<'a> Audience<'a> {
             }
         }
         for group in patterns.values() {
-            if event.topics.iter().any(|t| group.selector.matches(t)) {
+            if event.topics.iter().any(|t| group.selector.selects(t)) {
                 self.lists.push(&group.members);
             }
         }
