@@ -1,0 +1,267 @@
+// The DiagPV live audit board (/audit/), in Chromium, with markings arriving as signed hub
+// webhooks (POST /hooks/hub/diagpv, Standard Webhooks) exactly as the DiagPV hub sends
+// them: serving headers; two technicians' pages on one audit seeing each other's markings
+// live; a page opened late showing the state from /state, then live changes; a page
+// offline while markings happen, converging without reload and without duplicate toasts;
+// a relais restart (disk store); a script-bearing comment staying text; the M### grid.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import {
+  ROOT, startRelais, launchBrowser, newPage, waitForState, waitForToast, artifact, freePort,
+  postModules, moduleUpdate, technicianToken,
+} from './harness.js';
+
+let relais;
+let browser;
+
+before(async () => {
+  relais = await startRelais();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (relais) await relais.dispose();
+});
+
+/** Opens the board of `audit` as technician `name`. */
+async function openBoard(base, audit, name, query = '') {
+  const page = await newPage(browser);
+  const token = technicianToken(audit, name);
+  await page.goto(`${base}/audit/?audit=${encodeURIComponent(audit)}${query}&token=${encodeURIComponent(token)}`);
+  await waitForState(page, 'live');
+  return page;
+}
+
+/** Waits until module `id`'s cell shows `status` ('' for unmarked). */
+async function waitForModule(page, id, status, timeout = 10000) {
+  try {
+    await page.waitForFunction(([m, s]) => {
+      const cell = document.querySelector(`#grid [data-module="${m}"]`);
+      return cell && cell.dataset.status === s;
+    }, [id, status], { timeout });
+  } catch {
+    const now = await page.evaluate((m) => document.querySelector(`#grid [data-module="${m}"]`)?.dataset.status ?? null, id);
+    throw new Error(`module ${id} never became "${status}": now ${now}`);
+  }
+}
+
+async function progress(page) {
+  return page.textContent('#progress');
+}
+
+async function waitForProgress(page, text, timeout = 10000) {
+  try {
+    await page.waitForFunction((t) => document.getElementById('progress').textContent === t, text, { timeout });
+  } catch {
+    throw new Error(`progress never became "${text}": now "${await progress(page)}"`);
+  }
+}
+
+async function toasts(page) {
+  return page.$$eval('#toasts .toast', (ts) => ts.map((t) => t.textContent));
+}
+
+async function count(page, status) {
+  return Number(await page.textContent(`#count-${status} .count-value`));
+}
+
+async function mark(target, ...updates) {
+  const { status, body } = await postModules(target, updates);
+  assert.equal(status, 200, body);
+}
+
+test('serving: the board and the client, their headers, the redirect', async () => {
+  const index = await fetch(`${relais.base}/audit/`);
+  assert.equal(index.status, 200);
+  assert.equal(index.headers.get('content-type'), 'text/html; charset=utf-8');
+  const csp = index.headers.get('content-security-policy');
+  assert.match(csp, /script-src 'self';/);
+  assert.doesNotMatch(csp, /unsafe|https:/);
+  assert.match(csp, /frame-ancestors 'self'$/);
+  assert.equal(index.headers.get('referrer-policy'), 'no-referrer');
+  assert.doesNotMatch(await index.text(), /(src|href)\s*=\s*["']?(https?:)?\/\//i);
+
+  const client = await fetch(`${relais.base}/client/relais.js`);
+  assert.equal(client.status, 200);
+  assert.equal(client.headers.get('content-type'), 'text/javascript; charset=utf-8');
+  assert.match(await client.text(), /export function connect/);
+  for (const file of ['audit.js', 'audit.css']) {
+    const r = await fetch(`${relais.base}/audit/${file}`);
+    assert.equal(r.status, 200, file);
+  }
+  const redirect = await fetch(`${relais.base}/audit?audit=A1&token=secret`, { redirect: 'manual' });
+  assert.equal(redirect.status, 308);
+  assert.equal(redirect.headers.get('location'), '/audit/?audit=A1');
+});
+
+test('late join from /state, then live markings both ways, one toast each', async () => {
+  const audit = 'a4e19950-live';
+  // Marked before any page is open: the board must show them from /state.
+  await mark(relais,
+    moduleUpdate(audit, 'S1-1', 'ok', { name: 'Adrien' }),
+    moduleUpdate(audit, 'S1-2', 'microcracks', { name: 'Adrien', comment: 'Fissures visibles EL' }));
+  await mark(relais, moduleUpdate('another-audit', 'S1-3', 'dead', { name: 'Zoé' }));
+
+  const adrien = await openBoard(relais.base, audit, 'Adrien', '&modules=2x3');
+  await waitForModule(adrien, 'S1-1', 'ok');
+  await waitForModule(adrien, 'S1-2', 'microcracks');
+  await waitForModule(adrien, 'S1-3', '');
+  assert.equal(await progress(adrien), '2 / 6 modules marqués');
+  assert.equal(await count(adrien, 'microcracks'), 1);
+  assert.equal(await adrien.locator('#grid .string-row').count(), 2, 'one row per string');
+  assert.equal(await adrien.locator('#grid [data-module]').count(), 6);
+  assert.deepEqual(await toasts(adrien), [], 'the snapshot makes no toast');
+  assert.ok(!adrien.url().includes('token='), 'the token left the address bar');
+
+  // Marie's tablet joins later: same state, then both see each other's markings.
+  const marie = await openBoard(relais.base, audit, 'Marie', '&modules=2x3');
+  await waitForProgress(marie, '2 / 6 modules marqués');
+
+  await mark(relais, moduleUpdate(audit, 'S2-1', 'dead', { name: 'Marie' }));
+  for (const page of [adrien, marie]) {
+    await waitForModule(page, 'S2-1', 'dead');
+    await waitForToast(page, 'S2-1 → Module mort (Marie)');
+    await waitForProgress(page, '3 / 6 modules marqués');
+    await page.waitForSelector('#grid [data-module="S2-1"].flash', { timeout: 5000 });
+  }
+  await mark(relais, moduleUpdate(audit, 'S1-1', 'microcracks', { name: 'Adrien', comment: 'Reprise EL' }));
+  for (const page of [adrien, marie]) {
+    await waitForToast(page, 'S1-1 → Microfissures (Adrien)');
+    await waitForModule(page, 'S1-1', 'microcracks');
+    assert.equal(await count(page, 'microcracks'), 2);
+    assert.equal(await count(page, 'ok'), 0);
+    await waitForProgress(page, '3 / 6 modules marqués');
+  }
+  // A late delivery (older than what is known) is dropped by relais: nothing changes.
+  await mark(relais, moduleUpdate(audit, 'S1-1', 'ok', { name: 'Adrien', at: 1 }));
+  await adrien.waitForTimeout(300);
+  await waitForModule(adrien, 'S1-1', 'microcracks');
+  for (const page of [adrien, marie]) {
+    assert.deepEqual(await toasts(page), ['S2-1 → Module mort (Marie)', 'S1-1 → Microfissures (Adrien)'],
+      'one toast per change, none for the snapshot or the other audit');
+  }
+
+  // A module's technician and comment on tap.
+  await marie.click('#grid [data-module="S1-2"]');
+  await marie.waitForSelector('#detail:not([hidden])');
+  assert.equal(await marie.textContent('#detail-module'), 'S1-2');
+  assert.equal(await marie.textContent('#detail-status'), 'Microfissures');
+  assert.equal(await marie.textContent('#detail-technician'), 'Adrien');
+  assert.equal(await marie.textContent('#detail-comment'), 'Fissures visibles EL');
+  assert.deepEqual(adrien.errors, []);
+  assert.deepEqual(marie.errors, []);
+  await adrien.context().close();
+  await marie.context().close();
+});
+
+test('a script-bearing comment and technician name stay text', async () => {
+  const audit = 'audit-inert';
+  const evil = '<img src=x onerror="window.__pwned=1">';
+  const page = await openBoard(relais.base, audit, 'Adrien');
+  await mark(relais, moduleUpdate(audit, 'M050', 'dead', { name: evil, comment: `${evil}<script>window.__pwned=2</script>` }));
+  await waitForToast(page, `M050 → Module mort (${evil})`);
+  await page.click('#grid [data-module="M50"]');
+  await page.waitForSelector('#detail:not([hidden])');
+  assert.equal(await page.textContent('#detail-comment'), `${evil}<script>window.__pwned=2</script>`);
+  assert.equal(await page.textContent('#detail-technician'), evil);
+  assert.equal(await page.locator('#detail img, #toasts img, #grid img, #detail script').count(), 0);
+  await page.waitForTimeout(300);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('M### audits: a plain grid of ?modules=N, progress over N', async () => {
+  const audit = 'audit-m';
+  await mark(relais,
+    moduleUpdate(audit, 'M050', 'microcracks', { name: 'Adrien', comment: 'Fissures visibles EL' }),
+    moduleUpdate(audit, 'M001', 'ok', { name: 'Adrien' }),
+    moduleUpdate(audit, 'M002', 'inequality', { name: 'Adrien' }),
+    moduleUpdate(audit, 'M003', 'string_open', { name: 'Marie' }),
+    moduleUpdate(audit, 'M004', 'not_connected', { name: 'Marie' }),
+    moduleUpdate(audit, 'M005', 'dead', { name: 'Marie' }));
+  const page = await openBoard(relais.base, audit, 'Adrien', '&modules=242');
+  await waitForProgress(page, '6 / 242 modules marqués');
+  assert.equal(await page.locator('#grid .plain [data-module]').count(), 242);
+  assert.equal(await page.textContent('#grid [data-module="M50"]'), 'M050');
+  await mark(relais, moduleUpdate(audit, 'M242', 'ok', { name: 'Marie' }));
+  await waitForToast(page, 'M242 → OK (Marie)');
+  await waitForProgress(page, '7 / 242 modules marqués');
+  await page.click('#grid [data-module="M50"]');
+  await page.waitForSelector('#detail:not([hidden])');
+  await page.waitForTimeout(400);
+  await artifact(page, 'audit-board.png');
+  if (process.env.RELAIS_UPDATE_SCREENSHOT === '1') {
+    mkdirSync(path.join(ROOT, 'docs'), { recursive: true });
+    copyFileSync(path.join(ROOT, 'tests/artifacts/audit-board.png'), path.join(ROOT, 'docs/audit.png'));
+  }
+  await page.context().close();
+});
+
+test('offline while markings happen: back online, converges without reload or duplicate toast', async () => {
+  const audit = 'audit-offline';
+  await mark(relais, moduleUpdate(audit, 'S1-1', 'ok', { name: 'Adrien' }));
+  const page = await openBoard(relais.base, audit, 'Marie', '&modules=1x4');
+  await waitForModule(page, 'S1-1', 'ok');
+  await page.evaluate(() => { window.__sameDocument = true; });
+  await mark(relais, moduleUpdate(audit, 'S1-2', 'ok', { name: 'Adrien' }));
+  await waitForToast(page, 'S1-2 → OK (Adrien)');
+
+  await page.context().setOffline(true);
+  await waitForState(page, 'offline');
+  assert.equal(await page.textContent('#conn-label'), 'Hors ligne');
+  await mark(relais, moduleUpdate(audit, 'S1-3', 'dead', { name: 'Adrien' }));
+  await mark(relais, moduleUpdate(audit, 'S1-1', 'inequality', { name: 'Adrien' }));
+  await page.waitForTimeout(300);
+  await waitForModule(page, 'S1-3', '');
+  await artifact(page, 'audit-offline.png');
+
+  await page.context().setOffline(false);
+  await waitForState(page, 'live');
+  await waitForModule(page, 'S1-3', 'dead');
+  await waitForModule(page, 'S1-1', 'inequality');
+  await waitForProgress(page, '3 / 4 modules marqués');
+  await waitForToast(page, 'S1-3 → Module mort (Adrien)');
+  await waitForToast(page, 'S1-1 → Inégalité (Adrien)');
+  await page.waitForTimeout(500);
+  assert.deepEqual(await toasts(page), [
+    'S1-2 → OK (Adrien)', 'S1-3 → Module mort (Adrien)', 'S1-1 → Inégalité (Adrien)',
+  ], 'each change toasted exactly once');
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, 'no reload');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('relais restart (disk store): the board reconnects and converges', async (t) => {
+  const port = await freePort();
+  let own = await startRelais({ port });
+  const stateDir = own.stateDir;
+  t.after(async () => { await own.stop(); });
+  const audit = 'audit-restart';
+  await mark(own, moduleUpdate(audit, 'S1-1', 'ok', { name: 'Adrien' }));
+  const page = await openBoard(own.base, audit, 'Marie', '&modules=1x3');
+  await waitForModule(page, 'S1-1', 'ok');
+  await page.evaluate(() => { window.__sameDocument = true; });
+
+  await own.stop();
+  await waitForState(page, 'reconnecting');
+  own = await startRelais({ port, stateDir });
+  await mark(own, moduleUpdate(audit, 'S1-2', 'microcracks', { name: 'Adrien' }));
+  await waitForState(page, 'live');
+  await waitForModule(page, 'S1-2', 'microcracks');
+  await waitForModule(page, 'S1-1', 'ok');
+  await waitForToast(page, 'S1-2 → Microfissures (Adrien)');
+  await mark(own, moduleUpdate(audit, 'S1-3', 'dead', { name: 'Adrien' }));
+  await waitForModule(page, 'S1-3', 'dead');
+  await waitForProgress(page, '3 / 3 modules marqués');
+  assert.equal(await page.locator('#toasts .toast', { hasText: 'Historique' }).count(), 0, 'no gap: history on disk');
+  assert.equal(await page.evaluate(() => window.__sameDocument), true);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+  await own.stop();
+  rmSync(stateDir, { recursive: true, force: true });
+});
