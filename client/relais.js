@@ -121,11 +121,19 @@ export class SseParser {
 // ---------------------------------------------------------------------------------------
 
 /**
+ * A topic as one path segment of a subscription IRI: every character but RFC 3986's
+ * unreserved ones percent-encoded (an RFC 6570 simple expansion, as the hub writes it).
+ */
+export function encodeSegment(text) {
+  return encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/**
  * The selector of the subscription events of `topic`:
  * `/.well-known/mercure/subscriptions/{topic, URL-encoded}/{subscriber}`.
  */
 export function subscriptionsSelector(topic) {
-  return `${SUBSCRIPTIONS_PATH}/${encodeURIComponent(topic)}/{subscriber}`;
+  return `${SUBSCRIPTIONS_PATH}/${encodeSegment(topic)}/{subscriber}`;
 }
 
 /** Whether parsed event data is a Mercure `Subscription` object. */
@@ -363,7 +371,7 @@ export class LiveStream {
    * left out; the rest works).
    */
   async fetchPresence(signal) {
-    const path = `${SUBSCRIPTIONS_PATH}/${encodeURIComponent(this.presenceTopic)}`;
+    const path = `${SUBSCRIPTIONS_PATH}/${encodeSegment(this.presenceTopic)}`;
     const resp = await this.getJson(path, [], signal);
     if (!resp.ok) return null;
     try {
@@ -475,18 +483,23 @@ export class LiveStream {
       // state and the stream starts at the presence list's position: the business events
       // in between are already in the state (applied again, idempotently, during the
       // replay), and no subscription event is missed.
+      //
+      // The presence list is read again on every connection: subscriptions that ended
+      // while this page was away without their end being published (a relais restart)
+      // leave it, and the replay re-applies whatever changed after the point resumed from.
+      let presenceFrom = null;
+      if (this.presence) {
+        const doc = await this.fetchPresence(ctrl.signal);
+        this.presenceOn = doc !== null;
+        if (doc) {
+          this.presence.reset(doc.subscriptions);
+          presenceFrom = doc.lastEventID || null;
+          if (this.cb.onPresence) this.cb.onPresence(this.presence);
+        }
+      }
       let snapshotted = false;
       if (this.initialFrom === 'snapshot' && this.lastEventId === null) {
-        let from = null;
-        if (this.presence) {
-          const doc = await this.fetchPresence(ctrl.signal);
-          this.presenceOn = doc !== null;
-          if (doc) {
-            this.presence.reset(doc.subscriptions);
-            from = doc.lastEventID || null;
-            if (this.cb.onPresence) this.cb.onPresence(this.presence);
-          }
-        }
+        const from = presenceFrom;
         const snap = await this.fetchSnapshot(ctrl.signal);
         if (typeof snap === 'string') return snap;
         this.lastEventId = from || snap.lastEventID || 'earliest';
@@ -505,8 +518,10 @@ export class LiveStream {
         return 'closed';
       }
       const gap = from !== null && from !== 'earliest' && resp.headers.get('Last-Event-ID') === 'earliest';
-      if (gap && this.initialFrom === 'snapshot') {
-        // The position is no longer retained: load the state again.
+      if (gap && this.initialFrom === 'snapshot' && !snapshotted) {
+        // The position is no longer retained: load the state again. (Right after a
+        // snapshot, the stream goes on instead: the state is fresh, and the replay from
+        // the oldest event only re-applies what it holds; reloading would loop.)
         this.lastEventId = null;
         if (this.cb.onGap) this.cb.onGap();
         ctrl.abort();

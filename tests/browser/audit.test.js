@@ -265,3 +265,60 @@ test('relais restart (disk store): the board reconnects and converges', async (t
   await own.stop();
   rmSync(stateDir, { recursive: true, force: true });
 });
+
+test('pure helpers of the board and the client, in the browser', async () => {
+  const page = await newPage(browser);
+  await page.goto(`${relais.base}/audit/`);
+  const r = await page.evaluate(async () => {
+    const a = await import('/audit/audit.js');
+    const c = await import('/client/relais.js');
+    const sub = (id, name, active = true, topic = 'audits/T') => ({
+      '@context': 'https://mercure.rocks/', id: `/.well-known/mercure/subscriptions/audits%2FT/${id}`,
+      type: 'Subscription', topic, subscriber: id, active, payload: name === null ? null : { name },
+    });
+    const p = new c.PresenceList('audits/T');
+    p.reset([sub('u1', 'Marie'), sub('u2', 'Adrien'), sub('u3', 'Adrien'), { type: 'Other', id: 'x' }]);
+    const first = p.people();
+    const changedOther = p.apply(sub('u9', 'Zoé', true, 'audits/other'));
+    p.apply(sub('u1', 'Marie', false));
+    p.apply(sub('u4', null));
+    return {
+      ids: ['S1-15', 'M050', 'M50', 'S01-02', 'X1', 'S1-', 'M'].map((x) => a.parseModuleId(x)?.key ?? null),
+      layouts: ['10x24', '242', '0', '1000x1000', 'abc', ' 3×4 ', ''].map((x) => a.parseLayout(x)),
+      grid: (() => {
+        const g = a.gridModel(null, ['S2-3', 'S2-1', 'M7', 'S1-1']);
+        return { strings: g.strings, plain: g.plain, total: g.total, label: g.labels.get('M7') };
+      })(),
+      gridM: a.gridModel({ kind: 'M', count: 1200 }, ['M5']).labels.get('M5'),
+      labels: ['microcracks', 'dead', 'string_open', 'not_connected', 'inequality', 'ok', 'weird'].map(a.statusLabel),
+      toast: a.describeChange({ moduleId: 'M050', status: 'microcracks', technician: 'Adrien', comment: '' }, null),
+      toastComment: a.describeChange({ moduleId: 'M050', status: 'ok', technician: '', comment: 'b' }, { status: 'ok', comment: 'a' }),
+      first,
+      changedOther,
+      after: p.people(),
+      selector: c.subscriptionsSelector("audits/it's (x)"),
+    };
+  });
+  assert.deepEqual(r.ids, ['S1-15', 'M50', 'M50', 'S1-2', null, null, null]);
+  assert.deepEqual(r.layouts, [
+    { kind: 'S', strings: 10, positions: 24 }, { kind: 'M', count: 242 }, null, null, null,
+    { kind: 'S', strings: 3, positions: 4 }, null,
+  ]);
+  assert.deepEqual(r.grid.strings, [
+    { string: 1, cells: ['S1-1'] }, { string: 2, cells: ['S2-1', null, 'S2-3'] },
+  ]);
+  assert.deepEqual(r.grid.plain, ['M7']);
+  assert.equal(r.grid.total, 4);
+  assert.equal(r.grid.label, 'M007');
+  assert.equal(r.gridM, 'M0005');
+  assert.deepEqual(r.labels, ['Microfissures', 'Module mort', 'String ouvert', 'Non connecté', 'Inégalité', 'OK', 'weird']);
+  assert.equal(r.toast, 'M050 → Microfissures (Adrien)');
+  assert.equal(r.toastComment, 'M050 → OK, commentaire modifié');
+  assert.deepEqual(r.first, [
+    { name: 'Adrien', payload: { name: 'Adrien' }, count: 2 }, { name: 'Marie', payload: { name: 'Marie' }, count: 1 },
+  ]);
+  assert.equal(r.changedOther, false, 'another topic is not this presence');
+  assert.deepEqual(r.after.map((x) => x.name), ['Adrien', 'anonyme']);
+  assert.equal(r.selector, '/.well-known/mercure/subscriptions/audits%2Fit%27s%20%28x%29/{subscriber}');
+  await page.context().close();
+});

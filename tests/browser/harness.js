@@ -337,12 +337,13 @@ export function signToken(claims) {
  * subscription events (presence), with their name as `mercure.payload`.
  */
 export function technicianToken(audit, name) {
+  const topic = encodeURIComponent(`audits/${audit}`);
   return signToken({
     sub: `tech-${name}`,
     mercure: {
-      subscribe: [`audits/${audit}`, `audits/${audit}/modules/{module}`,
-        `/.well-known/mercure/subscriptions/${encodeURIComponent(`audits/${audit}`)}/{subscriber}`,
-        `/.well-known/mercure/subscriptions/${encodeURIComponent(`audits/${audit}`)}`],
+      subscribe: [`audits/${audit}`,
+        `/.well-known/mercure/subscriptions/${topic}/{subscriber}`,
+        `/.well-known/mercure/subscriptions/${topic}`],
       payload: { name },
     },
   });
