@@ -334,7 +334,7 @@ export class Board {
     setTimeout(() => { this.renderScheduled = false; this.render(); }, 0);
   }
 
-  cell(key, label, now) {
+  cell(key, label, now, fullName = label) {
     const mod = this.modules.get(key);
     const b = el('button', 'cell', label);
     b.type = 'button';
@@ -345,7 +345,8 @@ export class Board {
     if (mod) b.classList.add(`level-${STATUSES[mod.status]?.level || 'unknown'}`);
     if ((this.flashUntil.get(key) ?? 0) > now) b.classList.add('flash');
     if (this.selected === key) b.classList.add('selected');
-    b.title = mod ? `${label} : ${statusLabel(mod.status)}` : `${label} : non marqué`;
+    b.title = mod ? `${fullName} : ${statusLabel(mod.status)}` : `${fullName} : non marqué`;
+    b.setAttribute('aria-label', b.title);
     return b;
   }
 
@@ -362,7 +363,8 @@ export class Board {
         const cells = el('div', 'string-cells');
         cells.style.setProperty('--cols', String(row.cells.length));
         for (const key of row.cells) {
-          cells.append(key ? this.cell(key, key, now) : el('span', 'cell cell-gap'));
+          // The row names the string: a cell shows its position (its title the full ID).
+          cells.append(key ? this.cell(key, key.slice(key.indexOf('-') + 1), now, key) : el('span', 'cell cell-gap'));
         }
         line.append(cells);
         table.append(line);
@@ -473,7 +475,7 @@ function takeToken(params) {
 function boot() {
   // Tuning hook (tests): `window.relaisAuditConfig = {backoffBaseMs, backoffCapMs,
   // idleTimeoutMs, settleMs, toastMs, flashMs}` defined before this module runs.
-  const config = window.relaisAuditConfig || window.relaisWidgetConfig || {};
+  const config = window.relaisAuditConfig || {};
   const params = new URLSearchParams(window.location.search);
   const audit = (params.get('audit') || '').trim();
   const layout = parseLayout(params.get('modules'));

@@ -322,3 +322,35 @@ test('pure helpers of the board and the client, in the browser', async () => {
   assert.equal(r.selector, '/.well-known/mercure/subscriptions/audits%2Fit%27s%20%28x%29/{subscriber}');
   await page.context().close();
 });
+
+test('tablet: a 10 × 24 audit fits a portrait tablet, modules open on touch', async () => {
+  const audit = 'audit-tablet';
+  const statuses = ['ok', 'ok', 'ok', 'inequality', 'microcracks', 'dead', 'string_open', 'not_connected'];
+  const updates = [];
+  for (let s = 1; s <= 6; s++) {
+    for (let p = 1; p <= 24; p++) {
+      if ((s * 7 + p * 3) % 5 !== 0) updates.push(moduleUpdate(audit, `S${s}-${p}`, statuses[(s * p) % 8], { name: s % 2 ? 'Adrien' : 'Marie' }));
+    }
+  }
+  await mark(relais, ...updates);
+  const context = await browser.newContext({ viewport: { width: 820, height: 1180 }, hasTouch: true, isMobile: true, locale: 'fr-FR' });
+  const page = await context.newPage();
+  const token = technicianToken(audit, 'Adrien');
+  await page.goto(`${relais.base}/audit/?audit=${audit}&modules=10x24&token=${encodeURIComponent(token)}`);
+  await waitForState(page, 'live');
+  await waitForProgress(page, `${updates.length} / 240 modules marqués`);
+  const overflow = await page.evaluate(() => ({
+    grid: document.getElementById('grid').scrollWidth - document.getElementById('grid').clientWidth,
+    page: document.documentElement.scrollWidth - window.innerWidth,
+  }));
+  assert.deepEqual(overflow, { grid: 0, page: 0 }, 'no horizontal scrolling');
+  assert.equal(await page.textContent('#grid [data-module="S7-3"]'), '3', 'a cell shows its position');
+  await mark(relais, moduleUpdate(audit, 'S7-3', 'microcracks', { name: 'Marie', comment: 'Fissures visibles EL' }));
+  await waitForToast(page, 'S7-3 → Microfissures (Marie)');
+  await page.tap('#grid [data-module="S7-3"]');
+  await page.waitForSelector('#detail:not([hidden])');
+  assert.equal(await page.textContent('#detail-comment'), 'Fissures visibles EL');
+  await page.waitForTimeout(300);
+  await artifact(page, 'audit-tablet.png');
+  await context.close();
+});

@@ -192,7 +192,7 @@ export async function launchBrowser() {
 /** A new page with the widget's test tuning, page errors collected in `page.errors`. */
 export async function newPage(browser, { initScript } = {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 760 }, locale: 'fr-FR' });
-  await context.addInitScript((cfg) => { window.relaisWidgetConfig = cfg; }, WIDGET_CONFIG);
+  await context.addInitScript((cfg) => { window.relaisWidgetConfig = cfg; window.relaisAuditConfig = cfg; }, WIDGET_CONFIG);
   if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   page.errors = [];
