@@ -235,9 +235,13 @@ export class Board {
     this.scheduleRender();
   }
 
-  onOpen({ fullLoad, gap }) {
+  onOpen({ fullLoad }) {
     if (fullLoad) this.fullLoad = true;
-    if (gap) this.toast("Historique du relais interrompu : l'audit a été rechargé.", 'warning');
+  }
+
+  /** relais no longer had our position: the client reloads the state; say so. */
+  onGap() {
+    this.toast("Historique du relais interrompu : l'audit a été rechargé.", 'warning');
   }
 
   onEvents(events, { replay }) {
@@ -446,6 +450,7 @@ export class Board {
         onState: (s, d) => this.onState(s, d),
         onSnapshot: (r) => this.onSnapshot(r),
         onOpen: (o) => this.onOpen(o),
+        onGap: () => this.onGap(),
         onEvents: (e, o) => this.onEvents(e, o),
         onReplayDone: () => this.onReplayDone(),
         onPresence: (p) => this.onPresence(p.people()),

@@ -266,6 +266,38 @@ test('relais restart (disk store): the board reconnects and converges', async (t
   rmSync(stateDir, { recursive: true, force: true });
 });
 
+test('memory-only relais restart: the gap is said, the board reloads the state, then live', async (t) => {
+  const port = await freePort();
+  const env = { RELAIS_HUB__PERSIST: 'false' };
+  let own = await startRelais({ port, env });
+  const stateDir = own.stateDir;
+  t.after(async () => { await own.stop(); rmSync(stateDir, { recursive: true, force: true }); });
+  const audit = 'audit-gap';
+  await mark(own, moduleUpdate(audit, 'S1-1', 'ok', { name: 'Adrien' }));
+  const page = await openBoard(own.base, audit, 'Marie', '&modules=1x3');
+  await waitForModule(page, 'S1-1', 'ok');
+  await page.evaluate(() => { window.__sameDocument = true; });
+  // A few events so the page's position is one the restarted relais never had.
+  await mark(own, moduleUpdate(audit, 'S1-2', 'dead', { name: 'Adrien' }));
+  await waitForModule(page, 'S1-2', 'dead');
+
+  await own.stop();
+  await waitForState(page, 'reconnecting');
+  own = await startRelais({ port, stateDir, env });
+  await mark(own, moduleUpdate(audit, 'S1-3', 'microcracks', { name: 'Adrien' }));
+  await waitForToast(page, 'Historique du relais interrompu');
+  await waitForState(page, 'live');
+  // The state is what the restarted relais knows: only S1-3 (memory only, by choice).
+  await waitForModule(page, 'S1-3', 'microcracks');
+  await waitForModule(page, 'S1-1', '');
+  await waitForProgress(page, '1 / 3 modules marqués');
+  await mark(own, moduleUpdate(audit, 'S1-1', 'inequality', { name: 'Marie' }));
+  await waitForToast(page, 'S1-1 → Inégalité (Marie)');
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, 'no page reload');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test('pure helpers of the board and the client, in the browser', async () => {
   const page = await newPage(browser);
   await page.goto(`${relais.base}/audit/`);
