@@ -9,8 +9,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelais, launchBrowser, newPage, waitForState, waitForToast, postModules, moduleUpdate,
-  technicianToken, startRedis, hasPresence,
+  startRelais, launchBrowser, waitForToast, moduleUpdate, technicianToken, startRedis, hasPresence,
+  openBoard as openBoardIn, waitForModule, markModules,
 } from './harness.js';
 
 let browser;
@@ -18,20 +18,8 @@ let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { if (browser) await browser.close(); });
 
-async function openBoard(base, audit, name, query = '') {
-  const page = await newPage(browser);
-  const token = technicianToken(audit, name);
-  await page.goto(`${base}/audit/?audit=${encodeURIComponent(audit)}${query}&token=${encodeURIComponent(token)}`);
-  await waitForState(page, 'live');
-  return page;
-}
-
-async function waitForModule(page, id, status, timeout = 10000) {
-  await page.waitForFunction(([m, s]) => {
-    const cell = document.querySelector(`#grid [data-module="${m}"]`);
-    return cell && cell.dataset.status === s;
-  }, [id, status], { timeout });
-}
+const openBoard = (base, audit, name, query) => openBoardIn(browser, base, audit, name, query);
+const mark = markModules;
 
 /** Waits until the presence list names exactly `names` (sorted). */
 async function waitForPresence(page, names, timeout = 10000) {
@@ -44,11 +32,6 @@ async function waitForPresence(page, names, timeout = 10000) {
     const got = await page.$$eval('#presence li', (lis) => lis.map((li) => li.dataset.name));
     throw new Error(`presence never became ${JSON.stringify(names)}: now ${JSON.stringify(got)}`);
   }
-}
-
-async function mark(target, ...updates) {
-  const { status, body } = await postModules(target, updates);
-  assert.equal(status, 200, body);
 }
 
 test('presence: two technicians on one audit see each other, a closed tablet leaves', async (t) => {

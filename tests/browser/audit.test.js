@@ -11,7 +11,7 @@ import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import {
   ROOT, startRelais, launchBrowser, newPage, waitForState, waitForToast, artifact, freePort,
-  postModules, moduleUpdate, technicianToken,
+  moduleUpdate, technicianToken, openBoard as openBoardIn, waitForModule, waitForProgress, markModules,
 } from './harness.js';
 
 let relais;
@@ -27,40 +27,6 @@ after(async () => {
   if (relais) await relais.dispose();
 });
 
-/** Opens the board of `audit` as technician `name`. */
-async function openBoard(base, audit, name, query = '') {
-  const page = await newPage(browser);
-  const token = technicianToken(audit, name);
-  await page.goto(`${base}/audit/?audit=${encodeURIComponent(audit)}${query}&token=${encodeURIComponent(token)}`);
-  await waitForState(page, 'live');
-  return page;
-}
-
-/** Waits until module `id`'s cell shows `status` ('' for unmarked). */
-async function waitForModule(page, id, status, timeout = 10000) {
-  try {
-    await page.waitForFunction(([m, s]) => {
-      const cell = document.querySelector(`#grid [data-module="${m}"]`);
-      return cell && cell.dataset.status === s;
-    }, [id, status], { timeout });
-  } catch {
-    const now = await page.evaluate((m) => document.querySelector(`#grid [data-module="${m}"]`)?.dataset.status ?? null, id);
-    throw new Error(`module ${id} never became "${status}": now ${now}`);
-  }
-}
-
-async function progress(page) {
-  return page.textContent('#progress');
-}
-
-async function waitForProgress(page, text, timeout = 10000) {
-  try {
-    await page.waitForFunction((t) => document.getElementById('progress').textContent === t, text, { timeout });
-  } catch {
-    throw new Error(`progress never became "${text}": now "${await progress(page)}"`);
-  }
-}
-
 async function toasts(page) {
   return page.$$eval('#toasts .toast', (ts) => ts.map((t) => t.textContent));
 }
@@ -69,10 +35,8 @@ async function count(page, status) {
   return Number(await page.textContent(`#count-${status} .count-value`));
 }
 
-async function mark(target, ...updates) {
-  const { status, body } = await postModules(target, updates);
-  assert.equal(status, 200, body);
-}
+const openBoard = (base, audit, name, query) => openBoardIn(browser, base, audit, name, query);
+const mark = markModules;
 
 test('serving: the board and the client, their headers, the redirect', async () => {
   const index = await fetch(`${relais.base}/audit/`);
@@ -110,7 +74,7 @@ test('late join from /state, then live markings both ways, one toast each', asyn
   await waitForModule(adrien, 'S1-1', 'ok');
   await waitForModule(adrien, 'S1-2', 'microcracks');
   await waitForModule(adrien, 'S1-3', '');
-  assert.equal(await progress(adrien), '2 / 6 modules marqués');
+  assert.equal(await adrien.textContent('#progress'), '2 / 6 modules marqués');
   assert.equal(await count(adrien, 'microcracks'), 1);
   assert.equal(await adrien.locator('#grid .string-row').count(), 2, 'one row per string');
   assert.equal(await adrien.locator('#grid [data-module]').count(), 6);

@@ -423,3 +423,40 @@ export async function hasPresence(relais, token, topic) {
   });
   return resp.status === 200;
 }
+
+/** Opens the audit board of `audit` as technician `name` (their presence token); waits for LIVE. */
+export async function openBoard(browser, base, audit, name, query = '') {
+  const page = await newPage(browser);
+  const token = technicianToken(audit, name);
+  await page.goto(`${base}/audit/?audit=${encodeURIComponent(audit)}${query}&token=${encodeURIComponent(token)}`);
+  await waitForState(page, 'live');
+  return page;
+}
+
+/** Waits until module `id`'s cell on the board shows `status` ('' for unmarked). */
+export async function waitForModule(page, id, status, timeout = 10000) {
+  try {
+    await page.waitForFunction(([m, s]) => {
+      const cell = document.querySelector(`#grid [data-module="${m}"]`);
+      return cell && cell.dataset.status === s;
+    }, [id, status], { timeout });
+  } catch {
+    const now = await page.evaluate((m) => document.querySelector(`#grid [data-module="${m}"]`)?.dataset.status ?? null, id);
+    throw new Error(`module ${id} never became "${status}": now ${now}`);
+  }
+}
+
+/** Waits until the board's progress line reads `text`. */
+export async function waitForProgress(page, text, timeout = 10000) {
+  try {
+    await page.waitForFunction((t) => document.getElementById('progress').textContent === t, text, { timeout });
+  } catch {
+    throw new Error(`progress never became "${text}": now "${await page.textContent('#progress')}"`);
+  }
+}
+
+/** Posts module updates as the DiagPV hub does and expects them accepted. */
+export async function markModules(target, ...updates) {
+  const { status, body } = await postModules(target, updates);
+  if (status !== 200) throw new Error(`the hub webhook answered ${status}: ${body}`);
+}
