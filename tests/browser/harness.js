@@ -416,12 +416,18 @@ export async function startRedis() {
   };
 }
 
-/** Whether this relais answers Mercure's active-subscriptions API (presence) to `token`. */
+/**
+ * Whether this relais has Mercure's active-subscriptions API (presence): false when the
+ * route does not exist (404); any other answer than 200 to `token` is a failure.
+ */
 export async function hasPresence(relais, token, topic) {
   const resp = await fetch(`${relais.base}/.well-known/mercure/subscriptions/${encodeURIComponent(topic)}`, {
     headers: { Authorization: `Bearer ${token}` },
   });
-  return resp.status === 200;
+  const body = await resp.text();
+  if (resp.status === 404) return false;
+  if (resp.status !== 200) throw new Error(`the subscriptions API answered ${resp.status}: ${body}`);
+  return true;
 }
 
 /** Opens the audit board of `audit` as technician `name` (their presence token); waits for LIVE. */
