@@ -449,6 +449,10 @@ export class LiveStream {
           continue;
         }
       }
+      // The resume position is the last business event: subscription events may be kept
+      // apart (and for less long, e.g. not across a relais restart), so resuming from one
+      // could be answered as a history gap although no record change was lost.
+      if (ev.id) this.lastEventId = ev.id;
       business.push(ev);
     }
     if (business.length && this.cb.onEvents) this.cb.onEvents(business, { replay });
@@ -479,32 +483,27 @@ export class LiveStream {
     try {
       idle();
       // Without a position in the stream, load the current state first and stream from
-      // the position it was taken at (no gap, no duplicate). Presence is read before the
-      // state and the stream starts at the presence list's position: the business events
-      // in between are already in the state (applied again, idempotently, during the
-      // replay), and no subscription event is missed.
-      //
-      // The presence list is read again on every connection: subscriptions that ended
-      // while this page was away without their end being published (a relais restart)
-      // leave it, and the replay re-applies whatever changed after the point resumed from.
-      let presenceFrom = null;
+      // the position it was taken at (no gap, no duplicate).
+      let snapshotted = false;
+      if (this.initialFrom === 'snapshot' && this.lastEventId === null) {
+        const snap = await this.fetchSnapshot(ctrl.signal);
+        if (typeof snap === 'string') return snap;
+        this.lastEventId = snap.lastEventID || 'earliest';
+        if (this.cb.onSnapshot) this.cb.onSnapshot(snap.records || [], { lastEventID: snap.lastEventID });
+        snapshotted = true;
+      }
+      // The presence list is read after the state, on every connection: the stream then
+      // replays the subscription events after the position it resumes from, in order, on
+      // top of a list that already holds them, so the list converges; and subscriptions
+      // that ended while this page was away without their end being published (a relais
+      // restart) leave it.
       if (this.presence) {
         const doc = await this.fetchPresence(ctrl.signal);
         this.presenceOn = doc !== null;
         if (doc) {
           this.presence.reset(doc.subscriptions);
-          presenceFrom = doc.lastEventID || null;
           if (this.cb.onPresence) this.cb.onPresence(this.presence);
         }
-      }
-      let snapshotted = false;
-      if (this.initialFrom === 'snapshot' && this.lastEventId === null) {
-        const from = presenceFrom;
-        const snap = await this.fetchSnapshot(ctrl.signal);
-        if (typeof snap === 'string') return snap;
-        this.lastEventId = from || snap.lastEventID || 'earliest';
-        if (this.cb.onSnapshot) this.cb.onSnapshot(snap.records || [], { lastEventID: snap.lastEventID });
-        snapshotted = true;
       }
       const { url, from } = this.buildUrl();
       const resp = await fetch(url, {
@@ -558,7 +557,6 @@ export class LiveStream {
         idle();
         const events = parser.feed(decoder.decode(value, { stream: true }));
         if (parser.retry !== null) this.serverRetryMs = parser.retry;
-        if (parser.lastEventId) this.lastEventId = parser.lastEventId;
         if (events.length) this.dispatch(events, replay);
         settle();
         // A connection that delivered for a while is healthy: the next drop starts the

@@ -59,7 +59,8 @@ test('presence: two technicians on one audit see each other, a closed tablet lea
   await adrien.context().close();
 });
 
-test('two relais instances on Redis, one page on each: markings and presence cross', async (t) => {
+/** Two relais instances on one throw-away redis-server. */
+async function twoInstances(t) {
   const redis = await startRedis();
   t.after(() => redis.stop());
   const env = { RELAIS_REDIS__URL: redis.url };
@@ -67,8 +68,12 @@ test('two relais instances on Redis, one page on each: markings and presence cro
   t.after(() => one.dispose());
   const two = await startRelais({ env });
   t.after(() => two.dispose());
-  const audit = 'audit-redis';
+  return [one, two];
+}
 
+test('two relais instances on Redis, one page on each: markings cross both ways', async (t) => {
+  const [one, two] = await twoInstances(t);
+  const audit = 'audit-redis';
   await mark(one, moduleUpdate(audit, 'S1-1', 'ok', { name: 'Adrien' }));
   const adrien = await openBoard(one.base, audit, 'Adrien', '&modules=2x2');
   const marie = await openBoard(two.base, audit, 'Marie', '&modules=2x2');
@@ -85,15 +90,25 @@ test('two relais instances on Redis, one page on each: markings and presence cro
     assert.equal(await page.textContent('#progress'), '3 / 4 modules marqués');
     assert.equal(await page.locator('#toasts .toast').count(), 2, 'one toast per marking');
   }
-
-  if (await hasPresence(one, technicianToken(audit, 'Adrien'), `audits/${audit}`)) {
-    await waitForPresence(adrien, ['Adrien', 'Marie']);
-    await waitForPresence(marie, ['Adrien', 'Marie']);
-  } else {
-    t.diagnostic('NOT RUN: presence across instances (relais answers no active-subscriptions API)');
-  }
   assert.deepEqual(adrien.errors, []);
   assert.deepEqual(marie.errors, []);
   await adrien.context().close();
   await marie.context().close();
+});
+
+test('two relais instances on Redis: presence crosses instances', async (t) => {
+  const [one, two] = await twoInstances(t);
+  const audit = 'audit-redis-presence';
+  if (!await hasPresence(one, technicianToken(audit, 'Adrien'), `audits/${audit}`)) {
+    t.skip('NOT RUN: this relais does not answer GET /.well-known/mercure/subscriptions/{topic} (presence, issue 12)');
+    return;
+  }
+  const adrien = await openBoard(one.base, audit, 'Adrien', '&modules=1x2');
+  const marie = await openBoard(two.base, audit, 'Marie', '&modules=1x2');
+  await waitForPresence(adrien, ['Adrien', 'Marie']);
+  await waitForPresence(marie, ['Adrien', 'Marie']);
+  await marie.context().close();
+  await waitForPresence(adrien, ['Adrien']);
+  assert.deepEqual(adrien.errors, []);
+  await adrien.context().close();
 });
