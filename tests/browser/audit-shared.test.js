@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRelais, launchBrowser, waitForToast, moduleUpdate, technicianToken, startRedis, hasPresence,
-  openBoard as openBoardIn, waitForModule, markModules,
+  openBoard as openBoardIn, waitForModule, markModules, waitForPresence,
 } from './harness.js';
 
 let browser;
@@ -20,19 +20,6 @@ after(async () => { if (browser) await browser.close(); });
 
 const openBoard = (base, audit, name, query) => openBoardIn(browser, base, audit, name, query);
 const mark = markModules;
-
-/** Waits until the presence list names exactly `names` (sorted). */
-async function waitForPresence(page, names, timeout = 10000) {
-  try {
-    await page.waitForFunction((want) => {
-      const got = [...document.querySelectorAll('#presence li')].map((li) => li.dataset.name);
-      return JSON.stringify(got) === JSON.stringify(want);
-    }, names, { timeout });
-  } catch {
-    const got = await page.$$eval('#presence li', (lis) => lis.map((li) => li.dataset.name));
-    throw new Error(`presence never became ${JSON.stringify(names)}: now ${JSON.stringify(got)}`);
-  }
-}
 
 test('presence: two technicians on one audit see each other, a closed tablet leaves', async (t) => {
   const relais = await startRelais();

@@ -12,6 +12,7 @@ import path from 'node:path';
 import {
   ROOT, startRelais, launchBrowser, newPage, waitForState, waitForToast, artifact, freePort,
   moduleUpdate, technicianToken, openBoard as openBoardIn, waitForModule, waitForProgress, markModules,
+  hasPresence, waitForPresence,
 } from './harness.js';
 
 let relais;
@@ -150,6 +151,11 @@ test('M### audits: a plain grid of ?modules=N, progress over N', async () => {
     moduleUpdate(audit, 'M005', 'dead', { name: 'Marie' }));
   const page = await openBoard(relais.base, audit, 'Adrien', '&modules=242');
   await waitForProgress(page, '6 / 242 modules marqués');
+  // A colleague on the audit too (shown in the presence list when relais has presence).
+  const marie = await openBoard(relais.base, audit, 'Marie', '&modules=242');
+  if (await hasPresence(relais, technicianToken(audit, 'Adrien'), `audits/${audit}`)) {
+    await waitForPresence(page, ['Adrien', 'Marie']);
+  }
   assert.equal(await page.locator('#grid .plain [data-module]').count(), 242);
   assert.equal(await page.textContent('#grid [data-module="M50"]'), 'M050');
   await mark(relais, moduleUpdate(audit, 'M242', 'ok', { name: 'Marie' }));
@@ -163,6 +169,7 @@ test('M### audits: a plain grid of ?modules=N, progress over N', async () => {
     mkdirSync(path.join(ROOT, 'docs'), { recursive: true });
     copyFileSync(path.join(ROOT, 'tests/artifacts/audit-board.png'), path.join(ROOT, 'docs/audit.png'));
   }
+  await marie.context().close();
   await page.context().close();
 });
 

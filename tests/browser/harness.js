@@ -466,3 +466,16 @@ export async function markModules(target, ...updates) {
   const { status, body } = await postModules(target, updates);
   if (status !== 200) throw new Error(`the hub webhook answered ${status}: ${body}`);
 }
+
+/** Waits until the presence list names exactly `names` (sorted). */
+export async function waitForPresence(page, names, timeout = 10000) {
+  try {
+    await page.waitForFunction((want) => {
+      const got = [...document.querySelectorAll('#presence li')].map((li) => li.dataset.name);
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, names, { timeout });
+  } catch {
+    const got = await page.$$eval('#presence li', (lis) => lis.map((li) => li.dataset.name));
+    throw new Error(`presence never became ${JSON.stringify(names)}: now ${JSON.stringify(got)}`);
+  }
+}
