@@ -64,6 +64,10 @@ enum Command {
         /// Lifetime, e.g. 8h, 30m, 7d.
         #[arg(long, default_value = "8h", value_parser = parse_duration)]
         ttl: Duration,
+        /// `mercure.payload`, a JSON value others see in presence, e.g.
+        /// '{"name":"Adrien"}'.
+        #[arg(long, value_parser = parse_payload)]
+        payload: Option<serde_json::Value>,
         /// Configuration file (TOML).
         #[arg(long, env = "RELAIS_CONFIG")]
         config: Option<PathBuf>,
@@ -101,6 +105,11 @@ fn matchers(exact: Vec<String>, patterns: Vec<String>) -> Result<Vec<TopicMatche
         });
     }
     Ok(out)
+}
+
+/// Reads `--payload`: any JSON value.
+fn parse_payload(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("--payload must be JSON ({e})"))
 }
 
 fn main() -> ExitCode {
@@ -144,6 +153,7 @@ fn run(cli: Cli) -> Result<(), String> {
             aud,
             iss,
             ttl,
+            payload,
             config,
         } => {
             let config = load(config.as_deref())?;
@@ -164,6 +174,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     matchers(publish, publish_urlpattern)?,
                     ttl,
                 );
+                let claims = match payload {
+                    Some(payload) => claims.with_payload(payload),
+                    None => claims,
+                };
                 minter.mint_access_token(&claims)
             } else {
                 if !subscribe_urlpattern.is_empty() || !publish_urlpattern.is_empty() {
@@ -175,7 +189,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 for selector in subscribe.iter().chain(&publish) {
                     relais::hub::Selector::parse(selector).map_err(|e| e.to_string())?;
                 }
-                minter.mint(&TokenMinter::claims_for(&sub, subscribe, publish, ttl))
+                let mut claims = TokenMinter::claims_for(&sub, subscribe, publish, ttl);
+                claims.mercure.payload = payload;
+                minter.mint(&claims)
             }
             .map_err(|e| e.to_string())?;
             println!("{token}");

@@ -57,7 +57,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let hub = Arc::new(
         Hub::new(config.hub.history_size, config.hub.subscriber_backlog)
             .with_subscriber_queue_bytes(config.hub.subscriber_queue_bytes)
-            .with_history_bytes(config.hub.history_bytes),
+            .with_history_bytes(config.hub.history_bytes)
+            .with_subscriptions_history(config.hub.subscriptions_history),
     );
     let shutdown = CancellationToken::new();
     // Loads stored history and record states into the hub before anything listens.
@@ -90,6 +91,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let webhook_ids = Arc::new(crate::ingest::replay::SeenWebhooks::new(
         config.server.webhook_id_cache,
     ));
+    let presence = crate::store::presence_redis::open(&config, &hub, shutdown.clone())
+        .await
+        .map_err(crate::store::OpenError::Redis)?;
     let state = AppState {
         config: Arc::new(config),
         hub,
@@ -99,10 +103,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
         ingest,
         webhook_ids,
+        presence,
     };
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let app = router(state.clone());
+    let presence = state.presence.clone();
     crate::http::serve::run(listener, app, state).await;
+    presence.close().await;
     tracing::info!("relais stopped");
     Ok(())
 }

@@ -22,6 +22,7 @@ fn claims() -> Claims {
         mercure: MercureClaim {
             subscribe: vec!["*".into()],
             publish: vec!["*".into()],
+            payload: None,
         },
         ..Default::default()
     }

@@ -30,6 +30,7 @@ fn claims(exp: Option<u64>, nbf: Option<u64>) -> Claims {
         mercure: MercureClaim {
             subscribe: vec!["*".into()],
             publish: vec!["*".into()],
+            payload: None,
         },
     }
 }

@@ -18,6 +18,7 @@ fn claims(exp: Option<u64>) -> Claims {
         mercure: MercureClaim {
             subscribe: vec!["*".into()],
             publish: vec!["*".into()],
+            payload: None,
         },
     }
 }

@@ -42,6 +42,9 @@ pub struct MercureClaim {
     /// Selectors the holder may publish to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+    /// What others see of the holder in presence (`payload` of its subscriptions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
 }
 
 /// The claims relais reads and writes.
@@ -77,6 +80,8 @@ pub struct Identity {
     pub publish: Vec<Selector>,
     /// When the token stops being valid.
     pub expires_at: Option<SystemTime>,
+    /// `mercure.payload`, shown to others in presence.
+    pub payload: Option<serde_json::Value>,
 }
 
 /// Why a token was refused (always answered with 401).
@@ -250,7 +255,7 @@ impl Authenticator {
         let claims = data.claims;
         let expires_at = claims.exp.and_then(expiry_time);
         match (claims.authorization_details, claims.mercure) {
-            (Some(details), _) if access_token => {
+            (Some(details), mercure) if access_token => {
                 if claims.exp.is_none() {
                     return Err(AuthError::MissingExp);
                 }
@@ -263,6 +268,7 @@ impl Authenticator {
                     subscribe: grants.subscribe,
                     publish: grants.publish,
                     expires_at,
+                    payload: mercure.and_then(|m| m.payload),
                 })
             }
             (Some(_), None) => Err(AuthError::NotAccessToken),
@@ -293,6 +299,7 @@ impl Authenticator {
                     subscribe: compile(&mercure.subscribe, "subscribe")?,
                     publish: compile(&mercure.publish, "publish")?,
                     expires_at,
+                    payload: mercure.payload,
                 })
             }
         }
@@ -432,7 +439,11 @@ impl TokenMinter {
             exp: Some(now + ttl.as_secs()),
             nbf: None,
             iat: Some(now),
-            mercure: MercureClaim { subscribe, publish },
+            mercure: MercureClaim {
+                subscribe,
+                publish,
+                payload: None,
+            },
         }
     }
 }
@@ -456,6 +467,9 @@ pub struct AccessTokenClaims {
     pub jti: String,
     /// The Mercure grants.
     pub authorization_details: Vec<Detail>,
+    /// Only its `payload` (presence), when set with [`AccessTokenClaims::with_payload`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mercure: Option<MercureClaim>,
 }
 
 impl AccessTokenClaims {
@@ -489,7 +503,17 @@ impl AccessTokenClaims {
             iat: now,
             jti: format!("urn:uuid:{}", uuid::Uuid::now_v7()),
             authorization_details,
+            mercure: None,
         }
+    }
+
+    /// Sets `mercure.payload`: what others see of the holder in presence.
+    pub fn with_payload(mut self, payload: serde_json::Value) -> Self {
+        self.mercure = Some(MercureClaim {
+            payload: Some(payload),
+            ..MercureClaim::default()
+        });
+        self
     }
 }
 

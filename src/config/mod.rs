@@ -224,6 +224,12 @@ pub struct HubConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub record_ttl: Option<Duration>,
+    /// Presence: publish Mercure subscription events and answer the subscriptions API
+    /// (`false` switches both off).
+    pub subscriptions: bool,
+    /// Subscription events retained for resume, apart from the history of business
+    /// events (they never push those out).
+    pub subscriptions_history: usize,
 }
 
 impl Default for HubConfig {
@@ -240,6 +246,8 @@ impl Default for HubConfig {
             persist: true,
             history_bytes: 64 * 1024 * 1024,
             record_ttl: None,
+            subscriptions: true,
+            subscriptions_history: 10_000,
         }
     }
 }
@@ -255,6 +263,14 @@ pub struct RedisConfig {
     /// How long a record's state is kept in Redis after its last change (`30d`).
     #[serde(with = "duration::serde_human")]
     pub state_ttl: Duration,
+    /// How often an instance renews its presence heartbeat and looks for instances that
+    /// died with subscriptions still listed (`5s`).
+    #[serde(with = "duration::serde_human")]
+    pub presence_heartbeat: Duration,
+    /// How long after its last heartbeat an instance counts as dead, its subscriptions
+    /// then ended by the others (`20s`; with the heartbeat, ended within 25 s).
+    #[serde(with = "duration::serde_human")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -263,6 +279,8 @@ impl Default for RedisConfig {
             url: None,
             key_prefix: None,
             state_ttl: Duration::from_secs(30 * 86_400),
+            presence_heartbeat: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(20),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod query;
 pub mod serve;
 pub mod state;
 pub mod subscribe;
+pub mod subscriptions;
 pub mod widget;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub ingest: Arc<Ingestor>,
     /// Standard Webhooks message IDs accepted recently (replays are refused).
     pub webhook_ids: Arc<crate::ingest::replay::SeenWebhooks>,
+    /// Announces this process' subscriptions (Mercure active subscriptions).
+    pub presence: Arc<crate::hub::presence::Presence>,
 }
 
 /// The Mercure hub path.
@@ -63,6 +66,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             MERCURE_PATH,
             get(subscribe::subscribe).post(publish::publish_route),
+        )
+        .route(
+            crate::hub::presence::SUBSCRIPTIONS_PATH,
+            get(subscriptions::subscriptions),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{*rest}",
+            get(subscriptions::subscriptions),
         )
         .route("/state", get(state::state))
         .route("/hooks/grist/{source}", post(hooks::grist_hook))

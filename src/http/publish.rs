@@ -54,6 +54,16 @@ pub async fn publish(
     if let Some(topic) = draft
         .topics
         .iter()
+        .find(|t| crate::hub::presence::is_reserved(t))
+    {
+        return Err(ApiError::bad_request(
+            "topic",
+            format!("topic {topic:?} is reserved: topics under /.well-known/mercure/ are the hub's own (subscription events); publishers cannot use them"),
+        ));
+    }
+    if let Some(topic) = draft
+        .topics
+        .iter()
         .find(|t| !identity.publish.iter().any(|s| s.matches(t)))
     {
         let claim = match identity.generation {

@@ -160,6 +160,8 @@ pub struct Authorized {
     pub expires_at: Option<SystemTime>,
     /// The protocol generation of the request (its error form and resume headers).
     pub generation: Generation,
+    /// The token's `mercure.payload` (presence).
+    pub payload: Option<serde_json::Value>,
 }
 
 /// The checks shared by subscribing and `/state`: the request's selectors (0.x `topic`,
@@ -176,12 +178,14 @@ pub fn authorize(
         claims,
         subject,
         expires_at,
+        payload,
     } = check(app, headers, query, generation, &params).map_err(|e| e.in_form(generation))?;
     Ok(Authorized {
         subscription: Subscription { selectors, claims },
         subject,
         expires_at,
         generation,
+        payload,
     })
 }
 
@@ -198,6 +202,7 @@ pub async fn prepare(
         subject,
         expires_at,
         generation,
+        payload,
     } = authorize(&app, headers, &query)?;
     let resume = resume_point(headers, &query, generation);
     if let ResumeFrom::After(id) = &resume {
@@ -208,6 +213,11 @@ pub async fn prepare(
     }
 
     let subscriber = app.hub.subscribe(subscription.clone(), &resume);
+    // Announced once the subscriber is in the hub; ended when the stream is dropped,
+    // however it ends.
+    let presence = app
+        .presence
+        .start(&subscription.selectors, form(generation), payload.as_ref());
     let gap = subscriber.history_gap;
     let resumed_from = (generation == Generation::V1)
         .then(|| resume_answer(&resume, gap))
@@ -221,7 +231,7 @@ pub async fn prepare(
         })
         .map(|left| tokio::time::Instant::now() + left);
     let write_timeout = app.config.server.write_timeout;
-    let stream = event_stream(app, subscription, subscriber, expires_at, session);
+    let stream = event_stream(app, subscription, subscriber, expires_at, session, presence);
 
     Ok(Prepared {
         stream: Box::pin(stream),
@@ -239,6 +249,15 @@ struct Checked {
     claims: Option<Vec<Selector>>,
     subject: Option<String>,
     expires_at: Option<SystemTime>,
+    payload: Option<serde_json::Value>,
+}
+
+/// The presence IRI form of a request's generation.
+pub fn form(generation: Generation) -> crate::hub::presence::Form {
+    match generation {
+        Generation::V0 => crate::hub::presence::Form::V0,
+        Generation::V1 => crate::hub::presence::Form::V1,
+    }
 }
 
 /// Authenticates the request, then reads its selectors and checks them against the
@@ -276,6 +295,7 @@ fn check(
                 claims: Some(id.subscribe),
                 subject: id.subject,
                 expires_at: id.expires_at,
+                payload: id.payload,
             })
         }
         None => Ok(Checked {
@@ -283,6 +303,7 @@ fn check(
             claims: None,
             subject: None,
             expires_at: None,
+            payload: None,
         }),
     }
 }
@@ -448,6 +469,7 @@ fn event_stream(
     subscriber: Subscriber,
     deadline: Option<tokio::time::Instant>,
     mut session: Session,
+    presence: crate::hub::presence::Guard,
 ) -> impl futures::Stream<Item = Frames> + Send {
     let heartbeat_every = app.config.server.heartbeat;
     let retry = sse::encode_retry(app.config.server.retry_ms);
@@ -455,6 +477,8 @@ fn event_stream(
     let latency = metrics::histogram!("relais_delivery_latency_seconds");
     let Subscriber { replay, live, .. } = subscriber;
     async_stream::stream! {
+        // Owned by the stream: dropped (the subscriptions' end announced) with it.
+        let _presence = presence;
         // The replay, chunk by chunk as the socket takes them.
         let mut chunk = Chunk::default();
         chunk.frames.push(retry);

@@ -93,8 +93,34 @@ impl History {
     /// The retained event with this ID.
     pub fn get(&self, id: &str) -> Option<&Arc<Event>> {
         let seq = *self.seq_by_id.get(id)?;
+        self.events.get(self.position(seq)?)
+    }
+
+    /// Where the event numbered `seq` is in the deque. Sequence numbers increase but
+    /// need not be contiguous (subscription events, kept apart, take numbers too).
+    fn position(&self, seq: u64) -> Option<usize> {
         let first = self.events.front()?.seq;
-        self.events.get(seq.checked_sub(first)? as usize)
+        let guess = seq.checked_sub(first)? as usize;
+        match self.events.get(guess) {
+            Some(e) if e.seq == seq => Some(guess),
+            _ => self.events.binary_search_by_key(&seq, |e| e.seq).ok(),
+        }
+    }
+
+    /// The sequence number of the retained event with this ID.
+    pub fn seq_of(&self, id: &str) -> Option<u64> {
+        self.seq_by_id.get(id).copied()
+    }
+
+    /// The retained events numbered after `seq`, oldest first.
+    pub fn after_seq(&self, seq: u64) -> impl Iterator<Item = &Arc<Event>> {
+        let start = self.events.partition_point(|e| e.seq <= seq);
+        self.events.range(start..)
+    }
+
+    /// The newest retained event.
+    pub fn last(&self) -> Option<&Arc<Event>> {
+        self.events.back()
     }
 
     /// The ID of the newest retained event.
@@ -129,15 +155,10 @@ impl History {
                 gap: false,
             },
             ResumeFrom::After(id) => match self.seq_by_id.get(id) {
-                Some(&seq) => {
-                    // Sequence numbers are contiguous in the deque.
-                    let first = self.events.front().map(|e| e.seq).unwrap_or(seq);
-                    let skip = (seq - first + 1) as usize;
-                    Replay {
-                        events: self.events.iter().skip(skip).cloned().collect(),
-                        gap: false,
-                    }
-                }
+                Some(&seq) => Replay {
+                    events: self.after_seq(seq).cloned().collect(),
+                    gap: false,
+                },
                 None => Replay {
                     events: self.events.iter().cloned().collect(),
                     gap: true,

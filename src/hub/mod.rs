@@ -19,6 +19,7 @@
 pub mod event;
 pub mod history;
 pub mod index;
+pub mod presence;
 pub mod queue;
 pub mod selector;
 pub mod sse;
@@ -42,6 +43,9 @@ pub struct Hub {
     limits: QueueLimits,
 }
 
+/// Default of `hub.subscriptions_history`: subscription events retained for resume.
+pub const DEFAULT_SUBSCRIPTIONS_HISTORY: usize = 10_000;
+
 /// Default of `hub.subscriber_queue_bytes`: live frames one subscriber may have queued.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -53,6 +57,9 @@ struct HubInner {
     counters: HashMap<String, HashMap<Option<String>, metrics::Counter>>,
     /// The subscribers by topic and pattern, with their queues.
     index: index::Index,
+    /// Subscription events (presence), retained apart and the active subscriptions they
+    /// describe.
+    presence: presence::Registry,
 }
 
 /// A subscriber registered with [`Hub::subscribe`]: what to replay, then its live queue.
@@ -121,6 +128,7 @@ impl Hub {
                 history: History::new(history_size),
                 counters: HashMap::new(),
                 index: index::Index::default(),
+                presence: presence::Registry::new(DEFAULT_SUBSCRIPTIONS_HISTORY),
             }),
             sender,
             limits: QueueLimits {
@@ -148,7 +156,7 @@ impl Hub {
         let queue = Arc::new(Queue::new(self.limits));
         let (id, replay) = {
             let mut inner = self.lock();
-            let replay = inner.history.replay(from);
+            let replay = inner.replay(from);
             (inner.index.insert(subscription, queue.clone()), replay)
         };
         Subscriber {
@@ -238,9 +246,60 @@ impl Hub {
         self.lock().history.len()
     }
 
-    /// Whether an event with this ID is retained.
+    /// Whether an event with this ID is retained (subscription events included).
     pub fn retains(&self, id: &str) -> bool {
-        self.lock().history.contains(id)
+        let inner = self.lock();
+        inner.history.contains(id) || inner.presence.history.contains(id)
+    }
+
+    /// Keeps at most `events` subscription events for resume (`hub.subscriptions_history`).
+    pub fn with_subscriptions_history(self, events: usize) -> Self {
+        self.lock().presence = presence::Registry::new(events);
+        self
+    }
+
+    /// Commits a subscription event (presence): it takes the next sequence number like
+    /// any event and reaches the subscribers it matches, but is retained in the
+    /// subscription events' own history, and updates the active subscriptions. An event
+    /// already retained (same ID) is ignored.
+    pub fn commit_presence(&self, change: presence::Change) -> Option<Arc<Event>> {
+        let mut inner = self.lock();
+        if inner.presence.history.contains(&change.draft.id) {
+            return None;
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let counter = presence::delivery_counter();
+        let event = Arc::new(Event::with_counter(seq, change.draft, counter));
+        inner.presence.apply(&event, change.started);
+        inner.index.route(&event);
+        Some(event)
+    }
+
+    /// Adds subscriptions known to be active without an event (those other instances
+    /// announced before this one started, read from the shared store).
+    pub fn seed_presence(&self, active: impl IntoIterator<Item = presence::Active>) {
+        let mut inner = self.lock();
+        for a in active {
+            inner.presence.seed(a);
+        }
+    }
+
+    /// The active subscriptions `visit` accepts, with the ID of the last event committed
+    /// when they were read (`earliest` when none is retained): read together, so
+    /// subscribing from that ID misses no change of the list.
+    pub fn active_subscriptions<T>(
+        &self,
+        mut visit: impl FnMut(&presence::Active) -> Option<T>,
+    ) -> (Vec<T>, String) {
+        let inner = self.lock();
+        let list = inner.presence.active().filter_map(&mut visit).collect();
+        let last = match (inner.history.last(), inner.presence.history.last()) {
+            (Some(a), Some(b)) => Some(if a.seq > b.seq { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let last = last.map_or_else(|| "earliest".to_string(), |e| e.id.clone());
+        (list, last)
     }
 
     /// Number of broadcast receivers ([`Hub::attach`]; not the SSE subscribers, see
@@ -253,6 +312,56 @@ impl Hub {
         // A panic while holding the lock cannot leave the history half-updated (push is
         // the last step), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl HubInner {
+    /// What a subscriber resuming from `from` replays: business events and subscription
+    /// events after it, merged in commit order. The asked ID may be either kind; when
+    /// neither history retains it, everything retained is replayed and it is a gap.
+    fn replay(&self, from: &ResumeFrom) -> Replay {
+        let presence = &self.presence.history;
+        if presence.is_empty() {
+            return self.history.replay(from);
+        }
+        let after = match from {
+            ResumeFrom::Now => return self.history.replay(from),
+            ResumeFrom::Earliest => None,
+            ResumeFrom::After(id) => match self.history.seq_of(id).or(presence.seq_of(id)) {
+                Some(seq) => Some(seq),
+                None => {
+                    let mut all = self.history.replay(&ResumeFrom::Earliest);
+                    all.events = merge(all.events.iter(), presence.after_seq(0));
+                    all.gap = true;
+                    return all;
+                }
+            },
+        };
+        let seq = after.unwrap_or(0);
+        Replay {
+            events: merge(self.history.after_seq(seq), presence.after_seq(seq)),
+            gap: false,
+        }
+    }
+}
+
+/// Two runs of events, each in commit order, merged in commit order.
+fn merge<'a>(
+    a: impl Iterator<Item = &'a Arc<Event>>,
+    b: impl Iterator<Item = &'a Arc<Event>>,
+) -> Vec<Arc<Event>> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    let mut out = Vec::new();
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.seq < y.seq,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return out,
+        };
+        let next = if take_a { a.next() } else { b.next() };
+        out.extend(next.cloned());
     }
 }
 
