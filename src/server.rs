@@ -91,9 +91,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let webhook_ids = Arc::new(crate::ingest::replay::SeenWebhooks::new(
         config.server.webhook_id_cache,
     ));
-    let presence = crate::store::presence_redis::open(&config, &hub, shutdown.clone())
-        .await
-        .map_err(crate::store::OpenError::Redis)?;
+    let presence = crate::store::presence_redis::open(&config, &hub, shutdown.clone()).await?;
     let state = AppState {
         config: Arc::new(config),
         hub,

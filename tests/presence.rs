@@ -374,3 +374,51 @@ fn relais_token_sets_the_payload() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--payload must be JSON"));
 }
+
+#[tokio::test]
+async fn a_restart_after_a_crash_ends_the_subscriptions_left_from_before() {
+    let state = tempfile::tempdir().unwrap();
+    let mut relais = Relais::start_in(state.path(), &[], None);
+    let publisher = token("p", &[], &["audits/X"]);
+    let before = common::publish_ok(&relais, &publisher, "audits/X", "{}").await;
+    let board_token = technician("Board", "X");
+    let mut board = SseClient::connect(
+        &relais,
+        &q(&[("topic", &presence_of("X"))]),
+        Some(&board_token),
+        &[],
+    )
+    .await;
+    let _tablet = SseClient::connect(
+        &relais,
+        &q(&[("topic", "audits/X")]),
+        Some(&technician("Adrien", "X")),
+        &[],
+    )
+    .await;
+    let arrived = next_presence(&mut board, "audits/X", true).await;
+    // Let the list reach the disk, then crash.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relais.kill();
+
+    let relais = Relais::start_in(state.path(), &[], None);
+    let (status, list, _) = get(
+        &relais,
+        "/.well-known/mercure/subscriptions/audits%2FX",
+        Some(&board_token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["subscriptions"].as_array().unwrap().len(), 0, "{list}");
+    // A board resuming from before the crash is told the tablet left.
+    let mut resumed = SseClient::connect(
+        &relais,
+        &q(&[("topic", &presence_of("X"))]),
+        Some(&board_token),
+        &[("Last-Event-ID", &before)],
+    )
+    .await;
+    let left = next_presence(&mut resumed, "audits/X", false).await;
+    assert_eq!(left["subscriber"], arrived["subscriber"]);
+    assert_eq!(left["payload"]["name"], "Adrien");
+}

@@ -168,7 +168,7 @@ impl Index {
             }
         }
         for group in self.patterns.values() {
-            if event.topics.iter().any(|t| group.selector.matches(t)) {
+            if event.topics.iter().any(|t| group.selector.selects(t)) {
                 group.members.iter().for_each(|&id| offer(id));
             }
         }

@@ -499,6 +499,39 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_subscribers_are_not_sent_subscription_events() {
+        let hub = Arc::new(Hub::new(10, 100));
+        let presence = Arc::new(Presence::local(hub.clone(), true));
+        let any = Subscription {
+            selectors: vec![Selector::Any],
+            claims: Some(vec![Selector::Any]),
+        };
+        let named = Subscription {
+            selectors: vec![Selector::parse("/.well-known/mercure/subscriptions{/rest*}").unwrap()],
+            claims: Some(vec![Selector::Any]),
+        };
+        let wildcard = hub.subscribe(any.clone(), &ResumeFrom::Now);
+        let board = hub.subscribe(named.clone(), &ResumeFrom::Now);
+        let guard = presence.start(&[Selector::parse("t").unwrap()], Form::V0, None);
+        let ready = |live: &crate::hub::Live| {
+            let mut out = std::collections::VecDeque::new();
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            {
+                let mut fut = std::pin::pin!(live.next_events(&mut out));
+                let _ = std::future::Future::poll(fut.as_mut(), &mut cx);
+            }
+            out.len()
+        };
+        assert_eq!(ready(&wildcard.live), 0, "* does not select presence");
+        assert_eq!(ready(&board.live), 1);
+        drop(guard);
+        let all = hub.subscribe(any.clone(), &ResumeFrom::Earliest);
+        assert!(all.replay.iter().all(|e| !any.wants(e)));
+        assert!(all.replay.iter().all(|e| named.wants(e)));
+    }
+
+    #[test]
     fn a_disabled_presence_announces_nothing() {
         let hub = Arc::new(Hub::new(10, 100));
         let presence = Arc::new(Presence::local(hub.clone(), false));

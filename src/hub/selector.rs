@@ -120,6 +120,20 @@ impl Selector {
         }
     }
 
+    /// Whether a subscriber asking for this selector receives updates on `topic`:
+    /// [`Selector::matches`], except that `*` does not select the hub's own topics under
+    /// `/.well-known/mercure/` (subscription events). A subscriber names those to get
+    /// them, so existing `*` subscribers are not sent documents of another shape, and a
+    /// reconnect storm is not delivered to every wildcard subscriber. Claims still match
+    /// with [`Selector::matches`] (`*` grants everything).
+    pub fn selects(&self, topic: &str) -> bool {
+        match self {
+            // Only the hub writes there (publishes are refused), always in this form.
+            Selector::Any => !topic.starts_with(super::presence::RESERVED_PREFIX),
+            other => other.matches(topic),
+        }
+    }
+
     /// Whether this selector (from a token's claim) lets its holder ask for `requested`:
     /// `*` allows all; the same selector text is allowed; a concrete topic is allowed
     /// when this selector matches it.

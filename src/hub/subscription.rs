@@ -23,7 +23,7 @@ impl Subscription {
     pub fn permits(&self, topics: &[String], private: bool) -> bool {
         let asked = topics
             .iter()
-            .any(|t| self.selectors.iter().any(|s| s.matches(t)));
+            .any(|t| self.selectors.iter().any(|s| s.selects(t)));
         if !asked {
             return false;
         }

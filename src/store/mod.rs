@@ -17,6 +17,7 @@
 
 pub mod disk;
 pub mod local;
+pub mod presence_disk;
 pub mod presence_redis;
 pub mod records;
 pub mod redis;

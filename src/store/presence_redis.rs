@@ -181,18 +181,46 @@ impl Shared for RedisPresence {
     }
 }
 
-/// The presence of this process: shared through Redis when `redis.url` is set, else in
-/// this process only. Switched off by `hub.subscriptions = false`.
+/// The presence of this process: shared through Redis when `redis.url` is set, else
+/// listed on disk (`presence.sqlite` in the state directory, so a restart ends what a
+/// crash left), or in memory only with `hub.persist = false`. Switched off by
+/// `hub.subscriptions = false`. Call it once the store has loaded its history.
 pub async fn open(
     config: &Config,
     hub: &Arc<Hub>,
     shutdown: CancellationToken,
-) -> Result<Arc<Presence>, RedisConnectError> {
+) -> Result<Arc<Presence>, super::OpenError> {
     let enabled = config.hub.subscriptions;
     let url = match &config.redis.url {
         Some(url) if enabled => url.expose().to_string(),
+        None if enabled && config.hub.persist => {
+            let path = config.state_dir().join("presence.sqlite");
+            let disk =
+                super::presence_disk::DiskPresence::open(&path, hub.clone()).map_err(|e| {
+                    super::OpenError::Disk {
+                        path: e.path,
+                        reason: e.reason,
+                    }
+                })?;
+            return Ok(Arc::new(Presence::shared(
+                hub.clone(),
+                true,
+                Arc::new(disk),
+            )));
+        }
         _ => return Ok(Arc::new(Presence::local(hub.clone(), enabled))),
     };
+    open_redis(config, hub, shutdown, url)
+        .await
+        .map_err(super::OpenError::Redis)
+}
+
+async fn open_redis(
+    config: &Config,
+    hub: &Arc<Hub>,
+    shutdown: CancellationToken,
+    url: String,
+) -> Result<Arc<Presence>, RedisConnectError> {
     let err = |reason: String| RedisConnectError {
         url: masked_url(&url),
         reason,
