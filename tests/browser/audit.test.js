@@ -230,6 +230,11 @@ test('relais restart (disk store): the board reconnects and converges', async (t
   await waitForModule(page, 'S1-3', 'dead');
   await waitForProgress(page, '3 / 3 modules marqués');
   assert.equal(await page.locator('#toasts .toast', { hasText: 'Historique' }).count(), 0, 'no gap: history on disk');
+  if (await hasPresence(own, technicianToken(audit, 'Marie'), `audits/${audit}`)) {
+    // Marie once: her subscription from before the restart is not left in the list.
+    await waitForPresence(page, ['Marie']);
+    assert.equal(await page.textContent('#presence li'), 'Marie', 'one subscription, not two');
+  }
   assert.equal(await page.evaluate(() => window.__sameDocument), true);
   assert.deepEqual(page.errors, []);
   await page.context().close();
