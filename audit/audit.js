@@ -428,7 +428,7 @@ export class Board {
       const token = $('token').value.trim();
       $('settings').close();
       if (!token) return;
-      try { sessionStorage.setItem('relais.audit.token', token); } catch { /* storage off */ }
+      try { sessionStorage.setItem(tokenKey(this.audit), token); } catch { /* storage off */ }
       this.stream.configure({ token });
     });
   }
@@ -462,19 +462,29 @@ export class Board {
   }
 }
 
-/** The subscribe token: from `?token=` (then out of the address bar) or this tab's storage. */
-function takeToken(params) {
-  let token = params.get('token') || '';
-  if (token) {
-    try { sessionStorage.setItem('relais.audit.token', token); } catch { /* storage off */ }
+/** Where this tab keeps the token of one audit (tokens are usually given per audit). */
+function tokenKey(audit) {
+  return `relais.audit.token.${audit}`;
+}
+
+/**
+ * The subscribe token: from `?token=` (always taken out of the address bar, and kept for
+ * this tab and this audit), else the one this tab kept for the audit.
+ */
+function takeToken(params, audit) {
+  const given = params.get('token') || '';
+  if (params.has('token')) {
     params.delete('token');
     const rest = params.toString();
     const url = window.location.pathname + (rest ? `?${rest}` : '') + window.location.hash;
     try { window.history.replaceState(window.history.state, '', url); } catch { /* sandboxed */ }
-  } else {
-    try { token = sessionStorage.getItem('relais.audit.token') || ''; } catch { /* storage off */ }
   }
-  return token;
+  if (!audit) return '';
+  if (given) {
+    try { sessionStorage.setItem(tokenKey(audit), given); } catch { /* storage off */ }
+    return given;
+  }
+  try { return sessionStorage.getItem(tokenKey(audit)) || ''; } catch { return ''; }
 }
 
 function boot() {
@@ -484,7 +494,7 @@ function boot() {
   const params = new URLSearchParams(window.location.search);
   const audit = (params.get('audit') || '').trim();
   const layout = parseLayout(params.get('modules'));
-  const token = takeToken(params);
+  const token = takeToken(params, audit);
   if (!audit) {
     const n = $('notice');
     n.textContent = "Indiquez l'audit dans l'adresse : /audit/?audit=JETON_DE_L_AUDIT";

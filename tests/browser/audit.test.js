@@ -274,6 +274,22 @@ test('memory-only relais restart: the gap is said, the board reloads the state, 
   await page.context().close();
 });
 
+test('the token leaves the address bar, survives a reload, and is kept per audit', async () => {
+  const page = await openBoard(relais.base, 'audit-token', 'Adrien');
+  assert.equal(new URL(page.url()).search, '?audit=audit-token');
+  await page.reload();
+  await waitForState(page, 'live');
+  // Another audit in the same tab: its own token is asked for, not this one reused.
+  await page.goto(`${relais.base}/audit/?audit=audit-other`);
+  await page.waitForSelector('#settings[open]', { timeout: 5000 });
+  assert.equal(await page.textContent('#conn-label'), 'Hors ligne');
+  await page.fill('#token', technicianToken('audit-other', 'Adrien'));
+  await page.click('#settings-save');
+  await waitForState(page, 'live');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test('pure helpers of the board and the client, in the browser', async () => {
   const page = await newPage(browser);
   await page.goto(`${relais.base}/audit/`);
