@@ -141,6 +141,18 @@ pub struct Args {
     /// Keep the per-second progress lines off stderr.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Instead of a workload: a reconnect storm (`--subscribers` quiet subscribers
+    /// connect, then are all closed and reopened at once, while a live subscriber
+    /// receives `--rate` events/s); prints connects/s, the live latency and the
+    /// subscription events seen. Compare with `--no-presence`.
+    #[arg(long)]
+    pub storm: bool,
+
+    /// Start relais with presence off (`hub.subscriptions = false`), the reference for
+    /// what presence costs.
+    #[arg(long)]
+    pub no_presence: bool,
 }
 
 /// The named workloads.

@@ -17,6 +17,7 @@ mod pushpin;
 mod relais_proc;
 mod report;
 mod state;
+mod storm;
 mod subscribers;
 mod wire;
 mod workload;
@@ -133,6 +134,9 @@ async fn run(args: Args) -> Result<(), String> {
         Ingest::Mercure => "mercure",
         Ingest::Grist => "grist",
     };
+    if args.storm {
+        return storm::run(&args).await;
+    }
     if args.state_records > 0 {
         let mut target = relais_proc::RelaisTarget::start(&args)?;
         let figures = state::measure(

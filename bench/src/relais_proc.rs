@@ -121,6 +121,9 @@ impl RelaisTarget {
         if args.memory {
             cmd.env("RELAIS_HUB__PERSIST", "false");
         }
+        if args.no_presence {
+            cmd.env("RELAIS_HUB__SUBSCRIPTIONS", "false");
+        }
         if let Some(url) = &args.redis {
             cmd.env("RELAIS_REDIS__URL", url);
         }

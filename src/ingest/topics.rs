@@ -36,6 +36,9 @@ pub enum TemplateError {
     /// Unbalanced braces or an empty placeholder.
     #[error("topic {0:?}: unbalanced braces or empty placeholder")]
     Syntax(String),
+    /// A topic under `/.well-known/mercure/`, which belongs to the hub (presence).
+    #[error("topic {0:?} is reserved: topics under /.well-known/mercure/ are the hub's own (subscription events)")]
+    Reserved(String),
     /// A placeholder this kind of source cannot fill.
     #[error("topic {template:?}: unknown placeholder {{{name}}} (available: {available})")]
     UnknownVar {
@@ -53,6 +56,9 @@ impl TopicTemplate {
     pub fn parse(text: &str, vars: &[&str]) -> Result<Self, TemplateError> {
         if text.is_empty() {
             return Err(TemplateError::Empty);
+        }
+        if crate::hub::presence::is_reserved(text) {
+            return Err(TemplateError::Reserved(text.to_string()));
         }
         let mut parts = Vec::new();
         let mut rest = text;
@@ -120,6 +126,14 @@ impl TopicTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_topics_are_refused() {
+        assert!(matches!(
+            TopicTemplate::parse("/.well-known/mercure/subscriptions/{id}", &["id"]),
+            Err(TemplateError::Reserved(_))
+        ));
+    }
 
     #[test]
     fn renders_and_encodes() {
