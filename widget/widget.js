@@ -15,7 +15,13 @@
 //
 // All record text goes through textContent / createTextNode: never innerHTML with data.
 //
-// Pure helpers are exported so the browser tests can exercise them directly.
+// Pure helpers are exported so the browser tests can exercise them directly. The streaming
+// (snapshot, resume, backoff, history gaps, network awareness) is relais' JS client,
+// /client/relais.js, shared with the DiagPV audit board.
+
+import { LiveStream, SseParser, backoffDelay } from '../client/relais.js';
+
+export { LiveStream, SseParser, backoffDelay };
 
 /** Topic selector the dashboard subscribes to. */
 export const TOPIC = 'interventions';
@@ -37,7 +43,7 @@ export const GRIST_COLUMNS = [
 ];
 
 // ---------------------------------------------------------------------------------------
-// Pure helpers: normalization, classification, sorting, stats, SSE parsing, backoff.
+// Pure helpers: normalization, classification, sorting, stats.
 // ---------------------------------------------------------------------------------------
 
 /** Lower-case, accent-free, single-spaced text for tolerant comparisons. */
@@ -249,98 +255,6 @@ export function toastKind(data) {
   }
 }
 
-/**
- * Delay before reconnection attempt `attempt` (0-based): "full jitter", a uniform random
- * delay between 0 and min(cap, base * 2^attempt), so thousands of dashboards that lost
- * the relay together do not come back in lock-step.
- */
-export function backoffDelay(attempt, baseMs, capMs, random = Math.random) {
-  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
-  return Math.floor(random() * ceiling);
-}
-
-/**
- * Incremental Server-Sent Events parser (WHATWG rules): lines end with CRLF, LF or CR;
- * `:` starts a comment; `data` lines are joined with LF; `id` sets the last event ID
- * (kept across events, ignored when it contains NUL); `retry` takes digits only; a blank
- * line dispatches the event (not when it has no data).
- */
-export class SseParser {
-  constructor() {
-    this.buffer = '';
-    this.pendingCR = false;
-    this.lastEventId = '';
-    this.retry = null;
-    this.resetEvent();
-  }
-
-  resetEvent() {
-    this.data = [];
-    this.hasData = false;
-    this.eventType = '';
-  }
-
-  /** Feeds decoded text; returns the events completed by it. */
-  feed(text) {
-    const events = [];
-    let chunk = text;
-    if (this.pendingCR && chunk.startsWith('\n')) chunk = chunk.slice(1);
-    this.pendingCR = false;
-    this.buffer += chunk;
-    let start = 0;
-    for (let i = 0; i < this.buffer.length; i++) {
-      const c = this.buffer[i];
-      if (c !== '\n' && c !== '\r') continue;
-      const line = this.buffer.slice(start, i);
-      if (c === '\r') {
-        if (i + 1 < this.buffer.length) {
-          if (this.buffer[i + 1] === '\n') i++;
-        } else {
-          this.pendingCR = true;
-        }
-      }
-      start = i + 1;
-      const ev = this.line(line);
-      if (ev) events.push(ev);
-    }
-    this.buffer = this.buffer.slice(start);
-    return events;
-  }
-
-  line(line) {
-    if (line === '') {
-      if (!this.hasData) {
-        this.resetEvent();
-        return null;
-      }
-      const ev = {
-        id: this.lastEventId,
-        type: this.eventType || 'message',
-        data: this.data.join('\n'),
-      };
-      this.resetEvent();
-      return ev;
-    }
-    if (line.startsWith(':')) return null;
-    const colon = line.indexOf(':');
-    let field = line;
-    let value = '';
-    if (colon >= 0) {
-      field = line.slice(0, colon);
-      value = line.slice(colon + 1);
-      if (value.startsWith(' ')) value = value.slice(1);
-    }
-    switch (field) {
-      case 'data': this.data.push(value); this.hasData = true; break;
-      case 'event': this.eventType = value; break;
-      case 'id': if (!value.includes('\0')) this.lastEventId = value; break;
-      case 'retry': if (/^\d+$/.test(value)) this.retry = Number(value); break;
-      default: break;
-    }
-    return null;
-  }
-}
-
 /** Relative French time: "à l'instant", "il y a 5 min", "il y a 2 h", else the date. */
 export function relativeTime(ms, now = Date.now()) {
   if (ms === null || ms === undefined) return '';
@@ -349,276 +263,6 @@ export function relativeTime(ms, now = Date.now()) {
   if (diff < 3600) return `il y a ${Math.floor(diff / 60)} min`;
   if (diff < 86400) return `il y a ${Math.floor(diff / 3600)} h`;
   return new Date(ms).toLocaleString('fr-FR', { dateStyle: 'short', timeStyle: 'short' });
-}
-
-// ---------------------------------------------------------------------------------------
-// The live stream.
-// ---------------------------------------------------------------------------------------
-
-/**
- * One long-lived subscription to the relay, reconnecting for ever.
- *
- * Why fetch + ReadableStream rather than EventSource: EventSource exposes neither the
- * response status nor its headers, so it cannot tell a 401 (ask for a fresh token, stop
- * retrying with the dead one) from a network error, cannot read Mercure's
- * `Last-Event-ID: earliest` response header (history gap: the view must be rebuilt), and
- * its built-in reconnection has a fixed delay with no jitter. fetch also lets the token
- * travel in the `Authorization` header instead of the URL (the relay also accepts the
- * `authorization` query parameter and the `mercureAuthorization` cookie, for EventSource
- * clients). Resume uses the `lastEventID` query parameter, which needs no CORS preflight
- * header of its own.
- *
- * Callbacks: onState(state, detail) with state 'connecting' | 'live' | 'reconnecting' |
- * 'offline'; onOpen({fullLoad, gap}); onEvents(events, {replay}); onAuthError(status,
- * message).
- */
-export class LiveStream {
-  constructor(opts) {
-    this.relayUrl = opts.relayUrl || '';
-    this.token = opts.token || '';
-    this.topics = opts.topics || [TOPIC];
-    // 'snapshot' (standalone: the relay's /state is the snapshot, then the stream from its
-    // lastEventID), 'earliest' (the stream's history is the snapshot) or 'now' (Grist: the
-    // table is the snapshot).
-    this.initialFrom = opts.initialFrom || 'now';
-    this.backoffBaseMs = opts.backoffBaseMs ?? null;
-    this.backoffCapMs = opts.backoffCapMs ?? 30000;
-    this.idleTimeoutMs = opts.idleTimeoutMs ?? 45000;
-    this.settleMs = opts.settleMs ?? 250;
-    this.cb = opts.callbacks || {};
-    this.lastEventId = null;
-    // Whether a connection to this relay has opened once: from then on, a reconnection
-    // without a known ID (nothing received yet) replays from `earliest` events that are
-    // all new to this page, so it is a resume, not a snapshot.
-    this.synced = false;
-    this.serverRetryMs = null;
-    this.attempt = 0;
-    this.connections = 0;
-    this.state = 'connecting';
-    this.authFailed = false;
-    this.running = false;
-    this.abort = null;
-    this.wakeUp = null;
-  }
-
-  /** Changes relay URL and/or token and reconnects (a fresh token clears an auth failure). */
-  configure({ relayUrl, token }) {
-    const changedRelay = relayUrl !== undefined && relayUrl !== this.relayUrl;
-    const changedToken = token !== undefined && token !== this.token;
-    if (!changedRelay && !changedToken) return;
-    if (changedRelay) {
-      this.relayUrl = relayUrl;
-      this.lastEventId = null; // IDs of another relay mean nothing here
-      this.synced = false;
-    }
-    if (changedToken) this.token = token;
-    this.authFailed = false;
-    this.attempt = 0;
-    this.restart();
-  }
-
-  /** Drops the current connection (if any) and reconnects at once. */
-  restart() {
-    if (this.abort) this.abort.abort();
-    this.wake();
-  }
-
-  wake() {
-    if (this.wakeUp) this.wakeUp();
-  }
-
-  setState(state, detail = '') {
-    this.state = state;
-    if (this.cb.onState) this.cb.onState(state, detail);
-  }
-
-  /** Sleeps `ms`, or less when woken (new options, back online). */
-  sleep(ms) {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.wakeUp = () => { this.wakeUp = null; done(); };
-    });
-  }
-
-  buildUrl() {
-    const base = this.relayUrl.replace(/\/+$/, '');
-    const url = new URL(`${base}/.well-known/mercure`, window.location.href);
-    for (const t of this.topics) url.searchParams.append('topic', t);
-    const from = this.lastEventId ?? (this.initialFrom === 'earliest' ? 'earliest' : null);
-    if (from) url.searchParams.set('lastEventID', from);
-    return { url: url.toString(), from };
-  }
-
-  /** GET /state for the topics: the snapshot object, or 'auth' / 'closed' on failure. */
-  async fetchSnapshot(signal) {
-    const base = this.relayUrl.replace(/\/+$/, '');
-    const url = new URL(`${base}/state`, window.location.href);
-    for (const t of this.topics) url.searchParams.append('topic', t);
-    const resp = await fetch(url.toString(), {
-      headers: { Accept: 'application/json', Authorization: `Bearer ${this.token}` },
-      cache: 'no-store',
-      signal,
-    });
-    if (resp.status === 401 || resp.status === 403) {
-      let message = '';
-      try { message = (await resp.json()).message || ''; } catch { /* not JSON */ }
-      this.authFailed = true;
-      this.setState('offline', 'jeton refusé');
-      if (this.cb.onAuthError) this.cb.onAuthError(resp.status, message);
-      return 'auth';
-    }
-    if (!resp.ok) {
-      if (this.cb.onHttpError) this.cb.onHttpError(resp.status);
-      return 'closed';
-    }
-    return resp.json();
-  }
-
-  /** Runs for ever (until `stop`). */
-  async run() {
-    this.running = true;
-    while (this.running) {
-      if (!this.relayUrl) {
-        this.setState('offline', 'URL du relais à configurer');
-        await this.sleep(3600_000);
-        continue;
-      }
-      if (!this.token || this.authFailed) {
-        this.setState('offline', this.authFailed ? 'jeton refusé' : 'jeton requis');
-        await this.sleep(3600_000);
-        continue;
-      }
-      if (navigator.onLine === false) {
-        this.setState('offline', 'réseau indisponible');
-        await this.sleep(3600_000);
-        continue;
-      }
-      const outcome = await this.connectOnce();
-      if (!this.running) break;
-      if (outcome === 'auth' || outcome === 'restart') continue;
-      const base = this.backoffBaseMs ?? this.serverRetryMs ?? 1000;
-      const delay = backoffDelay(this.attempt, base, this.backoffCapMs);
-      this.attempt += 1;
-      const offline = navigator.onLine === false;
-      this.setState(offline ? 'offline' : 'reconnecting',
-        offline ? 'réseau indisponible' : `nouvel essai dans ${Math.max(1, Math.round(delay / 1000))} s`);
-      await this.sleep(delay);
-    }
-  }
-
-  stop() {
-    this.running = false;
-    this.restart();
-  }
-
-  /**
-   * One connection: 'closed' (network error or stream end: back off and retry), 'auth'
-   * (401/403: wait for a new token) or 'restart' (aborted on purpose: reconnect now).
-   */
-  async connectOnce() {
-    const ctrl = new AbortController();
-    this.abort = ctrl;
-    let purposeful = false;
-    const onPurpose = () => { purposeful = true; };
-    ctrl.signal.addEventListener('abort', onPurpose);
-    if (this.state !== 'reconnecting') this.setState('connecting', '');
-    this.connections += 1;
-    let idleTimer = null;
-    let settleTimer = null;
-    const idle = () => {
-      clearTimeout(idleTimer);
-      idleTimer = setTimeout(() => {
-        ctrl.signal.removeEventListener('abort', onPurpose);
-        ctrl.abort(); // silent connection (laptop sleep, dead proxy): reconnect
-      }, this.idleTimeoutMs);
-    };
-    try {
-      idle();
-      // Standalone: without a position in the stream, load the current state first and
-      // stream from the position it was taken at (no gap, no duplicate).
-      let snapshotted = false;
-      if (this.initialFrom === 'snapshot' && this.lastEventId === null) {
-        const snap = await this.fetchSnapshot(ctrl.signal);
-        if (typeof snap === 'string') return snap;
-        this.lastEventId = snap.lastEventID || 'earliest';
-        if (this.cb.onSnapshot) this.cb.onSnapshot(snap.records || []);
-        snapshotted = true;
-      }
-      const { url, from } = this.buildUrl();
-      const resp = await fetch(url, {
-        headers: { Accept: 'text/event-stream', Authorization: `Bearer ${this.token}` },
-        cache: 'no-store',
-        signal: ctrl.signal,
-      });
-      if (resp.status === 401 || resp.status === 403) {
-        let message = '';
-        try { message = (await resp.json()).message || ''; } catch { /* not JSON */ }
-        this.authFailed = true;
-        this.setState('offline', 'jeton refusé');
-        if (this.cb.onAuthError) this.cb.onAuthError(resp.status, message);
-        return 'auth';
-      }
-      if (!resp.ok || !resp.body) {
-        if (this.cb.onHttpError) this.cb.onHttpError(resp.status);
-        return 'closed';
-      }
-      const gap = from !== null && from !== 'earliest' && resp.headers.get('Last-Event-ID') === 'earliest';
-      if (gap && this.initialFrom === 'snapshot') {
-        // The position is no longer retained: load the state again.
-        this.lastEventId = null;
-        if (this.cb.onGap) this.cb.onGap();
-        ctrl.abort();
-        return 'restart';
-      }
-      const fullLoad = snapshotted || (from === 'earliest' && !this.synced) || gap;
-      this.synced = true;
-      if (gap) this.lastEventId = null;
-      if (this.cb.onOpen) this.cb.onOpen({ fullLoad, gap, from, snapshotted });
-
-      const parser = new SseParser();
-      const decoder = new TextDecoder();
-      const reader = resp.body.getReader();
-      const openedAt = Date.now();
-      let replay = true;
-      const endReplay = () => {
-        if (!replay) return;
-        replay = false;
-        if (this.cb.onReplayDone) this.cb.onReplayDone();
-        this.setState('live', '');
-      };
-      // The relay writes the whole replay at once, before any live event: the replay phase
-      // ends when the stream has been quiet for `settleMs`.
-      const settle = () => {
-        clearTimeout(settleTimer);
-        if (replay) settleTimer = setTimeout(endReplay, this.settleMs);
-      };
-      settle();
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        idle();
-        const events = parser.feed(decoder.decode(value, { stream: true }));
-        if (parser.retry !== null) this.serverRetryMs = parser.retry;
-        if (parser.lastEventId) this.lastEventId = parser.lastEventId;
-        if (events.length && this.cb.onEvents) this.cb.onEvents(events, { replay });
-        settle();
-        // A connection that delivered for a while is healthy: the next drop starts the
-        // backoff from the beginning again.
-        if (!replay && (events.length || Date.now() - openedAt > 10000)) this.attempt = 0;
-      }
-      return 'closed';
-    } catch (err) {
-      return purposeful && this.running ? 'restart' : 'closed';
-    } finally {
-      clearTimeout(idleTimer);
-      clearTimeout(settleTimer);
-      if (this.abort === ctrl) this.abort = null;
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -946,18 +590,6 @@ export class Dashboard {
       e.preventDefault();
       this.saveSettings().catch((err) => this.toast(`Réglages non enregistrés : ${err}`, 'error'));
     });
-    window.addEventListener('offline', () => {
-      if (this.stream) {
-        this.stream.setState('offline', 'réseau indisponible');
-        this.stream.restart();
-      }
-    });
-    window.addEventListener('online', () => {
-      if (this.stream) {
-        this.stream.attempt = 0;
-        this.stream.wake();
-      }
-    });
     // A relay URL on another origin than the page's is refused by the CSP relais serves
     // the widget with (connect-src 'self'): say so instead of retrying silently.
     document.addEventListener('securitypolicyviolation', (e) => {
@@ -966,10 +598,7 @@ export class Dashboard {
           + "un widget servi par relais ne se connecte qu'à ce relais (laissez l'URL du relais vide).");
       }
     });
-    // Laptop back from sleep: check the connection at once instead of waiting the backoff.
-    document.addEventListener('visibilitychange', () => {
-      if (!document.hidden && this.stream && this.stream.state !== 'live') this.stream.wake();
-    });
+    // Online/offline and page visibility are followed by the client (LiveStream).
     setInterval(() => this.scheduleRender(), 30000); // relative times
   }
 
@@ -978,6 +607,7 @@ export class Dashboard {
     this.stream = new LiveStream({
       relayUrl,
       token,
+      topics: [TOPIC],
       initialFrom,
       backoffBaseMs: c.backoffBaseMs,
       backoffCapMs: c.backoffCapMs,

@@ -1,5 +1,5 @@
 //! The HTTP side: the router, shared state and the handlers (subscribe, publish,
-//! webhooks, ops, the dashboard widget).
+//! webhooks, ops, the dashboard widget, the audit board and the JS client).
 
 pub mod auth;
 pub mod error;
@@ -7,6 +7,7 @@ pub mod head;
 pub mod hooks;
 pub mod limits;
 pub mod ops;
+pub mod pages;
 pub mod publish;
 pub mod query;
 pub mod serve;
@@ -85,6 +86,11 @@ pub fn router(state: AppState) -> Router {
         .route("/widget/", get(widget::index))
         .route("/widget/widget.js", get(widget::script))
         .route("/widget/widget.css", get(widget::style))
+        .route("/client/relais.js", get(pages::client_script))
+        .route("/audit", get(pages::audit_redirect))
+        .route("/audit/", get(pages::audit_index))
+        .route("/audit/audit.js", get(pages::audit_script))
+        .route("/audit/audit.css", get(pages::audit_style))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(

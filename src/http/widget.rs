@@ -42,22 +42,34 @@ const CREDENTIAL_PARAMS: &[&str] = &["token", "authorization", "access_token"];
 /// the query string except its credentials (a `?token=` would otherwise be copied into
 /// one more URL, and one more history entry).
 pub async fn redirect(uri: axum::http::Uri) -> Redirect {
+    redirect_without_credentials(&uri, "/widget/")
+}
+
+/// A permanent redirect to `target` (a page's folder) with the query string of `uri`
+/// minus its credentials.
+pub fn redirect_without_credentials(uri: &axum::http::Uri, target: &str) -> Redirect {
     let kept: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .filter(|(k, _)| !CREDENTIAL_PARAMS.contains(&k.as_ref()))
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if kept.is_empty() {
-        return Redirect::permanent("/widget/");
+        return Redirect::permanent(target);
     }
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(kept)
         .finish();
-    Redirect::permanent(&format!("/widget/?{query}"))
+    Redirect::permanent(&format!("{target}?{query}"))
 }
 
 /// The page's policy: [`CONTENT_SECURITY_POLICY`] and who may frame it.
 pub fn page_policy(frame_origins: &[String]) -> String {
-    let mut policy = format!("{CONTENT_SECURITY_POLICY}; frame-ancestors 'self'");
+    policy_with_frame_ancestors(CONTENT_SECURITY_POLICY, frame_origins)
+}
+
+/// `policy` followed by a `frame-ancestors` directive naming relais itself and the
+/// validated `frame_origins`.
+pub fn policy_with_frame_ancestors(policy: &str, frame_origins: &[String]) -> String {
+    let mut policy = format!("{policy}; frame-ancestors 'self'");
     for origin in frame_origins {
         // Validated origins (scheme://host[:port]); anything else is left out.
         if origin
@@ -93,12 +105,22 @@ pub async fn style() -> Response {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
+    asset_with_policy(content_type, body, CONTENT_SECURITY_POLICY)
+}
+
+/// An embedded file with its content type, `policy` as its CSP, and the headers every
+/// page file carries (`nosniff`, `no-referrer`, `no-cache`).
+pub fn asset_with_policy(
+    content_type: &'static str,
+    body: &'static str,
+    policy: &'static str,
+) -> Response {
     let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_static(policy),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -3,6 +3,7 @@
 // playwright-core (never a downloaded browser), cut the network with a TCP proxy.
 
 import { spawn, execFileSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -17,6 +18,8 @@ export const ARTIFACTS = path.join(ROOT, 'tests/artifacts');
 export const SECRET = 'browser-test-secret-0123456789abcdef';
 /** The `Authorization` value of the Grist source `cerema` every test relais has. */
 export const GRIST_AUTHORIZATION = 'Bearer grist-browser-test-0123456789abcdef0123';
+/** The Standard Webhooks key of the DiagPV hub source `diagpv` every test relais has. */
+export const HUB_SECRET = `whsec_${Buffer.from('diagpv-browser-test-key-0123456789abcdef').toString('base64')}`;
 
 /** Widget tuning for tests: quick reconnection, long-lived toasts. */
 export const WIDGET_CONFIG = {
@@ -33,6 +36,8 @@ function relaisEnv(stateDir, listen) {
     RELAIS_SERVER__STATE_DIR: stateDir,
     RELAIS_SOURCES__CEREMA__KIND: 'grist',
     RELAIS_SOURCES__CEREMA__AUTHORIZATION: GRIST_AUTHORIZATION,
+    RELAIS_SOURCES__DIAGPV__KIND: 'hub',
+    RELAIS_SOURCES__DIAGPV__SECRET: HUB_SECRET,
     RUST_LOG: 'info',
     NO_COLOR: '1',
   };
@@ -187,7 +192,7 @@ export async function launchBrowser() {
 /** A new page with the widget's test tuning, page errors collected in `page.errors`. */
 export async function newPage(browser, { initScript } = {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 760 }, locale: 'fr-FR' });
-  await context.addInitScript((cfg) => { window.relaisWidgetConfig = cfg; }, WIDGET_CONFIG);
+  await context.addInitScript((cfg) => { window.relaisWidgetConfig = cfg; window.relaisAuditConfig = cfg; }, WIDGET_CONFIG);
   if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   page.errors = [];
@@ -315,4 +320,162 @@ export async function postGristRows(relais, rows) {
     body: JSON.stringify(rows),
   });
   return response.status;
+}
+
+/**
+ * Signs `claims` as an HS256 JWT with the test relais' secret: for claims `relais token`
+ * does not write, such as `mercure.payload` (the name presence shows).
+ */
+export function signToken(claims) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+}
+
+/**
+ * A technician's subscribe token for one audit: its module events and the audit's
+ * subscription events (presence), with their name as `mercure.payload`.
+ */
+export function technicianToken(audit, name) {
+  const topic = encodeURIComponent(`audits/${audit}`);
+  return signToken({
+    sub: `tech-${name}`,
+    mercure: {
+      subscribe: [`audits/${audit}`,
+        `/.well-known/mercure/subscriptions/${topic}/{subscriber}`,
+        `/.well-known/mercure/subscriptions/${topic}`],
+      payload: { name },
+    },
+  });
+}
+
+let webhookSequence = 0;
+
+/**
+ * Posts module updates to `/hooks/hub/diagpv` as the DiagPV hub does: JSON body signed
+ * with Standard Webhooks headers. Resolves to `{status, body}`.
+ */
+export async function postModules(relais, updates) {
+  const body = JSON.stringify(updates);
+  webhookSequence += 1;
+  const id = `msg_browser_${process.pid}_${Date.now()}_${webhookSequence}`;
+  const ts = String(Math.floor(Date.now() / 1000));
+  const key = Buffer.from(HUB_SECRET.slice('whsec_'.length), 'base64');
+  const signature = createHmac('sha256', key).update(`${id}.${ts}.${body}`).digest('base64');
+  const response = await fetch(`${relais.base}/hooks/hub/diagpv`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      'webhook-id': id,
+      'webhook-timestamp': ts,
+      'webhook-signature': `v1,${signature}`,
+    },
+    body,
+  });
+  return { status: response.status, body: await response.text() };
+}
+
+let moduleClock = Date.now() - 600000;
+
+/** One DiagPV module update (the DiagPV hub's fields), each newer than the last. */
+export function moduleUpdate(audit, moduleId, status, { name = 'Adrien', comment = null, at } = {}) {
+  moduleClock += 1000;
+  return {
+    audit_token: audit,
+    module_id: moduleId,
+    status,
+    comment,
+    technician_id: `tech_${name.toLowerCase()}`,
+    technician_name: name,
+    updated_at_ms: at ?? moduleClock,
+  };
+}
+
+/** Starts a throw-away `redis-server` on a free port; resolves to `{url, stop()}`. */
+export async function startRedis() {
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('redis-server did not start')), 10000);
+    proc.stdout.setEncoding('utf8');
+    proc.stdout.on('data', (chunk) => {
+      if (chunk.includes('Ready to accept connections')) { clearTimeout(timer); resolve(); }
+    });
+    proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited (${code})`)); });
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/**
+ * Whether this relais has Mercure's active-subscriptions API (presence): false when the
+ * route does not exist (404); any other answer than 200 to `token` is a failure.
+ */
+export async function hasPresence(relais, token, topic) {
+  const resp = await fetch(`${relais.base}/.well-known/mercure/subscriptions/${encodeURIComponent(topic)}`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  const body = await resp.text();
+  if (resp.status === 404) return false;
+  if (resp.status !== 200) throw new Error(`the subscriptions API answered ${resp.status}: ${body}`);
+  return true;
+}
+
+/** Opens the audit board of `audit` as technician `name` (their presence token); waits for LIVE. */
+export async function openBoard(browser, base, audit, name, query = '') {
+  const page = await newPage(browser);
+  const token = technicianToken(audit, name);
+  await page.goto(`${base}/audit/?audit=${encodeURIComponent(audit)}${query}&token=${encodeURIComponent(token)}`);
+  await waitForState(page, 'live');
+  return page;
+}
+
+/** Waits until module `id`'s cell on the board shows `status` ('' for unmarked). */
+export async function waitForModule(page, id, status, timeout = 10000) {
+  try {
+    await page.waitForFunction(([m, s]) => {
+      const cell = document.querySelector(`#grid [data-module="${m}"]`);
+      return cell && cell.dataset.status === s;
+    }, [id, status], { timeout });
+  } catch {
+    const now = await page.evaluate((m) => document.querySelector(`#grid [data-module="${m}"]`)?.dataset.status ?? null, id);
+    throw new Error(`module ${id} never became "${status}": now ${now}`);
+  }
+}
+
+/** Waits until the board's progress line reads `text`. */
+export async function waitForProgress(page, text, timeout = 10000) {
+  try {
+    await page.waitForFunction((t) => document.getElementById('progress').textContent === t, text, { timeout });
+  } catch {
+    throw new Error(`progress never became "${text}": now "${await page.textContent('#progress')}"`);
+  }
+}
+
+/** Posts module updates as the DiagPV hub does and expects them accepted. */
+export async function markModules(target, ...updates) {
+  const { status, body } = await postModules(target, updates);
+  if (status !== 200) throw new Error(`the hub webhook answered ${status}: ${body}`);
+}
+
+/** Waits until the presence list names exactly `names` (sorted). */
+export async function waitForPresence(page, names, timeout = 10000) {
+  try {
+    await page.waitForFunction((want) => {
+      const got = [...document.querySelectorAll('#presence li')].map((li) => li.dataset.name);
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, names, { timeout });
+  } catch {
+    const got = await page.$$eval('#presence li', (lis) => lis.map((li) => li.dataset.name));
+    throw new Error(`presence never became ${JSON.stringify(names)}: now ${JSON.stringify(got)}`);
+  }
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Browser tests of the dashboard widget (widget/) and of Mercure 1.0 from a native
-# EventSource: Debian's Chromium driven by
+# Browser tests of the dashboard widget (widget/), the DiagPV audit board (audit/) and
+# their client (client/relais.js), and of Mercure 1.0 from a native EventSource: Debian's
+# Chromium driven by
 # playwright-core against the real relais binary. Builds relais if needed, installs the
 # pinned npm test dependency when missing (never a browser download), runs `node --test`.
-# Screenshots go to tests/artifacts/; RELAIS_UPDATE_SCREENSHOT=1 also refreshes docs/widget.png.
+# Screenshots go to tests/artifacts/; RELAIS_UPDATE_SCREENSHOT=1 also refreshes docs/widget.png
+# and docs/audit.png.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
