@@ -58,6 +58,7 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
     // Shared, so that a connection's task holds a pointer to it, not a copy.
     let builder = Arc::new(hyper_builder(&app.config.server));
     let max = app.config.server.max_connections;
+    let write_timeout = app.config.server.write_timeout;
     let slots = Arc::new(Semaphore::new(max));
     let mut refusals = RefusalLog::default();
     loop {
@@ -78,6 +79,12 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // A peer that vanished without closing (a tablet that lost power or network)
+        // never acknowledges the heartbeats: the kernel aborts the connection once sent
+        // bytes stay unacknowledged this long, so its stream ends (and its presence with
+        // it) instead of retransmitting for a quarter of an hour.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(write_timeout));
         let open = metrics::gauge!("relais_connections_open");
         open.increment(1.0);
         let conn = connection(stream, router.clone(), app.clone(), builder.clone());

@@ -26,6 +26,8 @@ need_apt redis-server redis-server
 # deploy/ checks (tests/suites/deploy.sh): nginx -t and a live nginx, systemd-analyze, and
 # the schema validators in their own venv (kept across runs under ~/.cache).
 need_apt curl curl
+# tests/vanished_client.rs cuts a client's link in a network namespace.
+need_apt ip iproute2
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt nginx nginx
 need_apt systemd-analyze systemd
 need_apt python3 python3
