@@ -140,6 +140,11 @@ fuzz_target!(|data: &[u8]| {
         mercure: MercureClaim {
             subscribe: input.subscribe.iter().take(4).cloned().collect(),
             publish: input.publish.iter().take(4).cloned().collect(),
+            // The presence payload travels as is: any name a fuzzer picks.
+            payload: input
+                .sub
+                .as_ref()
+                .map(|name| serde_json::json!({ "name": name })),
         },
     };
     let token = minter.mint(&claims).expect("minting never fails for HS256");
@@ -169,6 +174,7 @@ fuzz_target!(|data: &[u8]| {
             &claims.mercure.subscribe
         ));
         assert!(same_selectors(&identity.publish, &claims.mercure.publish));
+        assert_eq!(identity.payload, claims.mercure.payload);
         if let Some(exp) = claims.exp {
             // Up to the end of year 9999 an `exp` is an expiry; beyond, none (docs/security.md).
             let expected = (exp <= LATEST_EXP)
