@@ -4,27 +4,11 @@
 
 mod common;
 
-use common::{client, publish, sign, token, Relais, SseClient, ARRIVE, QUIET, TEST_SECRET};
-use relais::auth::TokenMinter;
+use common::{
+    client, presence_of, publish, technician, token, Relais, SseClient, ARRIVE, QUIET, TEST_SECRET,
+};
 use serde_json::Value;
 use std::time::Duration;
-
-/// The presence topic template of one audit (what a board subscribes to).
-fn presence_of(audit: &str) -> String {
-    format!("/.well-known/mercure/subscriptions/audits%2F{audit}{{/subscriber}}")
-}
-
-/// A technician's token: subscribes to the audit and its presence, with a name.
-fn technician(name: &str, audit: &str) -> String {
-    let mut claims = TokenMinter::claims_for(
-        name,
-        vec![format!("audits/{audit}"), presence_of(audit)],
-        vec![],
-        Duration::from_secs(3600),
-    );
-    claims.mercure.payload = Some(serde_json::json!({ "name": name }));
-    sign(&claims)
-}
 
 fn q(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())

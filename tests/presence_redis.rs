@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
 use common::*;
-use relais::auth::TokenMinter;
 use serde_json::Value;
 
 const PRESENCE_X: &str = "/.well-known/mercure/subscriptions/audits%2FX{/subscriber}";
@@ -21,17 +20,6 @@ fn on(redis: &RedisServer, ttl: &str) -> Relais {
     ])
 }
 
-fn technician(name: &str) -> String {
-    let mut claims = TokenMinter::claims_for(
-        name,
-        vec!["audits/X".into(), PRESENCE_X.into()],
-        vec![],
-        Duration::from_secs(3600),
-    );
-    claims.mercure.payload = Some(serde_json::json!({ "name": name }));
-    sign(&claims)
-}
-
 fn q(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
@@ -42,7 +30,7 @@ async fn board(relais: &Relais) -> SseClient {
     let sse = SseClient::connect(
         relais,
         &q(&[("topic", PRESENCE_X)]),
-        Some(&technician("Board")),
+        Some(&technician("Board", "X")),
         &[],
     )
     .await;
@@ -54,7 +42,7 @@ async fn tablet(relais: &Relais, name: &str) -> SseClient {
     let sse = SseClient::connect(
         relais,
         &q(&[("topic", "audits/X")]),
-        Some(&technician(name)),
+        Some(&technician(name, "X")),
         &[],
     )
     .await;
@@ -82,7 +70,7 @@ async fn listed(relais: &Relais) -> Vec<String> {
             "{}/.well-known/mercure/subscriptions/audits%2FX",
             relais.base
         ))
-        .bearer_auth(technician("Board"))
+        .bearer_auth(technician("Board", "X"))
         .send()
         .await
         .expect("list");

@@ -9,8 +9,7 @@
 
 mod common;
 
-use common::{sign, Relais, SseClient};
-use relais::auth::TokenMinter;
+use common::{presence_of, technician, Relais, SseClient};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,21 +91,6 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// A technician's token: the audit and its presence, with a name.
-fn technician(name: &str, audit: &str) -> String {
-    let mut claims = TokenMinter::claims_for(
-        name,
-        vec![
-            format!("audits/{audit}"),
-            format!("/.well-known/mercure/subscriptions/audits%2F{audit}{{/subscriber}}"),
-        ],
-        vec![],
-        Duration::from_secs(3600),
-    );
-    claims.mercure.payload = Some(serde_json::json!({ "name": name }));
-    sign(&claims)
-}
-
 /// The next subscription event of `audits/{audit}` with this `active` value, within `wait`.
 async fn presence(sse: &mut SseClient, audit: &str, active: bool, wait: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + wait;
@@ -144,9 +128,8 @@ async fn a_tablet_that_vanishes_without_closing_leaves_the_presence_list() {
     let port = relais.base.rsplit(':').next().expect("port").to_string();
 
     // The office's board watches who is on audit V.
-    let presence_topic = "/.well-known/mercure/subscriptions/audits%2FV{/subscriber}";
     let query = form_urlencoded::Serializer::new(String::new())
-        .append_pair("topic", presence_topic)
+        .append_pair("topic", &presence_of("V"))
         .finish();
     let mut board =
         SseClient::connect(&relais, &query, Some(&technician("Bureau", "V")), &[]).await;

@@ -158,6 +158,25 @@ pub fn token(sub: &str, subscribe: &[&str], publish: &[&str]) -> String {
     sign(&claims)
 }
 
+/// The presence topic template of one audit (what a board subscribes to, and what its
+/// token must grant to see who is on the audit).
+pub fn presence_of(audit: &str) -> String {
+    format!("/.well-known/mercure/subscriptions/audits%2F{audit}{{/subscriber}}")
+}
+
+/// A technician's token: subscribes to `audits/{audit}` and its presence, with the
+/// presence payload `{"name": name}`, valid for an hour.
+pub fn technician(name: &str, audit: &str) -> String {
+    let mut claims = TokenMinter::claims_for(
+        name,
+        vec![format!("audits/{audit}"), presence_of(audit)],
+        vec![],
+        Duration::from_secs(3600),
+    );
+    claims.mercure.payload = Some(serde_json::json!({ "name": name }));
+    sign(&claims)
+}
+
 /// Signs arbitrary claims with [`TEST_SECRET`].
 pub fn sign(claims: &Claims) -> String {
     let mut config = Config::default();
