@@ -47,6 +47,16 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub window: usize,
 
+    /// Publisher connections. Each sends one request at a time; `trickle` events and
+    /// `burst`/`topics` batches go to whichever connection is free, so up to this many
+    /// requests are in flight and a server slow to answer one is still offered the
+    /// load (an open-loop publisher, as independent Grist documents and tablets are).
+    /// `--window` still bounds the batches in flight. 1 is the closed-loop publisher
+    /// of the figures taken before 2026-11-24: each request waits for the previous
+    /// answer, so the rate offered falls with the server's answer time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub senders: u16,
+
     /// Redis URL passed to the relais it starts (`RELAIS_REDIS__URL`).
     #[arg(long)]
     pub redis: Option<String>,

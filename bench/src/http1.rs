@@ -37,6 +37,11 @@ impl Http1 {
         }
     }
 
+    /// Another client for the same server (its own connection).
+    pub fn fresh(&self) -> Self {
+        Self::new(self.addr)
+    }
+
     /// Sends a request and reads its response; reconnects once if the connection was
     /// closed by the server between requests.
     pub async fn request(

@@ -389,7 +389,11 @@ async fn measure(
         procstat::own().cpu_seconds,
     );
     let published = if ready > 0 {
-        workload::run(args, &mut sender, &shared, ready).await
+        let mut senders = vec![sender];
+        for _ in 1..args.senders {
+            senders.push(senders[0].fresh());
+        }
+        workload::run(args, senders, &shared, ready).await
     } else {
         workload::Published::default()
     };

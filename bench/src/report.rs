@@ -129,6 +129,7 @@ pub fn json(args: &Args, ingest: &str, relais: &Figures, peers: &[(&str, &Figure
     top.insert("target".into(), json!("relais"));
     top.insert("ingest".into(), json!(ingest));
     top.insert("rate".into(), json!(args.effective_rate()));
+    top.insert("senders".into(), json!(args.senders));
     top.insert("duration_secs".into(), json!(args.duration.as_secs_f64()));
     top.insert("topics".into(), json!(args.topic_count()));
     let mut all = Map::new();
@@ -188,8 +189,8 @@ pub fn table(args: &Args, ingest: &str, relais: &Figures, peers: &[(&str, &Figur
         .map(|t| format!(", {t} topics"))
         .unwrap_or_default();
     out.push_str(&format!(
-        "relais-bench: {} workload, {} subscribers{topics}, {:?}{rate}, ingest {ingest}\n",
-        relais.workload, args.subscribers, args.duration
+        "relais-bench: {} workload, {} subscribers{topics}, {:?}{rate}, ingest {ingest}, {} publisher connections\n",
+        relais.workload, args.subscribers, args.duration, args.senders
     ));
     let mut header = format!("{:<24} {:>14}", "figure", "relais");
     for (name, _) in peers {

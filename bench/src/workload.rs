@@ -5,7 +5,11 @@
 //! loops.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use serde_json::json;
 
@@ -154,6 +158,43 @@ async fn mercure_publish(
 }
 
 impl Sender {
+    /// The same sender on a connection of its own.
+    pub fn fresh(&self) -> Sender {
+        match self {
+            Sender::Mercure { http, auth, topics } => Sender::Mercure {
+                http: http.fresh(),
+                auth: auth.clone(),
+                topics: *topics,
+            },
+            Sender::Grist {
+                http,
+                path,
+                hook_auth,
+                auth,
+                topics,
+            } => Sender::Grist {
+                http: http.fresh(),
+                path: path.clone(),
+                hook_auth: hook_auth.clone(),
+                auth: auth.clone(),
+                topics: *topics,
+            },
+            Sender::Pushpin {
+                http,
+                channel,
+                topics,
+            } => Sender::Pushpin {
+                http: http.fresh(),
+                channel: channel.clone(),
+                topics: *topics,
+            },
+            Sender::Bare { http, topics } => Sender::Bare {
+                http: http.fresh(),
+                topics: *topics,
+            },
+        }
+    }
+
     fn topic_count(&self) -> Option<u64> {
         match self {
             Sender::Mercure { topics, .. }
@@ -337,8 +378,101 @@ pub async fn wait_delivered(shared: &Shared, target: u64, stall: Duration) -> bo
     }
 }
 
-/// Runs the workload against connected subscribers (`subscribers` of them).
-pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers: u64) -> Published {
+/// A request for the pool: events `first..first + count`, and the free connection it
+/// took.
+type Job = (u64, usize, OwnedSemaphorePermit);
+
+/// The publisher's connections (`--senders`): each takes the next request when it is
+/// free, so up to that many are in flight at once.
+struct Pool {
+    jobs: mpsc::UnboundedSender<Job>,
+    free: Arc<Semaphore>,
+    failed: Arc<Mutex<Option<String>>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(senders: Vec<Sender>, shared: Arc<Shared>) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let free = Arc::new(Semaphore::new(senders.len()));
+        let failed = Arc::new(Mutex::new(None));
+        let workers = senders
+            .into_iter()
+            .map(|mut sender| {
+                let (queue, shared, failed) = (queue.clone(), shared.clone(), failed.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let job = queue.lock().await.recv().await;
+                        let Some((first, count, permit)) = job else {
+                            break;
+                        };
+                        let result = sender.publish(&shared, first, count).await;
+                        drop(permit);
+                        if let Err(e) = result {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            jobs,
+            free,
+            failed,
+            workers,
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Hands events `first..first + count` to the next free connection (waiting for
+    /// one); the error of a request that failed before, if any.
+    async fn send(&self, first: u64, count: usize) -> Result<(), String> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let permit = self
+            .free
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "publisher pool closed".to_string())?;
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        self.jobs
+            .send((first, count, permit))
+            .map_err(|_| "publisher pool closed".to_string())
+    }
+
+    /// Waits for the requests in flight; the first error, if any.
+    async fn finish(self) -> Option<String> {
+        drop(self.jobs);
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Runs the workload against connected subscribers (`subscribers` of them), publishing
+/// through `senders` (one connection each, see `--senders`).
+pub async fn run(
+    args: &Args,
+    senders: Vec<Sender>,
+    shared: &Arc<Shared>,
+    subscribers: u64,
+) -> Published {
     let mut out = Published {
         first_send_ns: shared.clock.now_ns(),
         ..Published::default()
@@ -346,6 +480,7 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
     let start = Instant::now();
     let deadline = start + args.duration;
     let mut seq: u64 = 0;
+    let pool = Pool::start(senders, shared.clone());
     match args.workload {
         Workload::Idle => tokio::time::sleep(args.duration).await,
         Workload::Trickle => {
@@ -354,7 +489,7 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while Instant::now() < deadline && (seq as usize) < MAX_EVENTS {
                 tick.tick().await;
-                if let Err(e) = sender.publish(shared, seq, 1).await {
+                if let Err(e) = pool.send(seq, 1).await {
                     out.stopped_early = Some(e);
                     break;
                 }
@@ -384,7 +519,7 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
                         break;
                     }
                 }
-                if let Err(e) = sender.publish(shared, seq, batch).await {
+                if let Err(e) = pool.send(seq, batch).await {
                     out.stopped_early = Some(e);
                     break;
                 }
@@ -394,6 +529,9 @@ pub async fn run(args: &Args, sender: &mut Sender, shared: &Shared, subscribers:
         }
     }
     let _ = seq;
+    if let Some(e) = pool.finish().await {
+        out.stopped_early.get_or_insert(e);
+    }
     out.events = shared.sent.load(Ordering::Relaxed);
     out.end_ns = shared.clock.now_ns();
     out

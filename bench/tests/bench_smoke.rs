@@ -90,6 +90,18 @@ fn burst_delivers_every_event_once() {
 }
 
 #[test]
+fn concurrent_publishers_lose_and_repeat_nothing() {
+    // Eight connections publishing batches at once: each event still reaches every
+    // subscriber exactly once, whatever order the batches are committed in.
+    let v = run_bench(
+        "burst",
+        &["--senders", "8", "--window", "8", "--batch", "20"],
+    );
+    check(&v, "burst");
+    assert_eq!(v["senders"], 8, "{v}");
+}
+
+#[test]
 fn burst_runs_beside_the_bare_peer_with_ratios() {
     let v = run_bench("burst", &["--peer", "bare"]);
     check(&v, "burst");

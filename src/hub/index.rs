@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::queue::Queue;
+use super::queue::{Queue, Wakeups};
 use super::{Event, Selector, Subscription};
 
 /// A subscriber's slot in the index.
@@ -140,8 +140,8 @@ impl Index {
     }
 
     /// Queues `event` for every subscriber it is for.
-    pub fn route(&mut self, event: &Arc<Event>) -> Routed {
-        self.route_all(std::slice::from_ref(event))
+    pub fn route(&mut self, event: &Arc<Event>, wakeups: &mut Wakeups) -> Routed {
+        self.route_all(std::slice::from_ref(event), wakeups)
     }
 
     /// Queues each of `events` (in commit order) for every subscriber it is for.
@@ -152,7 +152,10 @@ impl Index {
     /// [`Queue::push_all`] per subscriber: one lock and at most one wake-up per
     /// subscriber per run instead of one per event. A private event is a run of its
     /// own, since each subscriber's claims decide whether it gets it.
-    pub fn route_all(&mut self, events: &[Arc<Event>]) -> Routed {
+    ///
+    /// The subscribers to wake are added to `wakeups`, for the caller to wake once it
+    /// has released its lock.
+    pub fn route_all(&mut self, events: &[Arc<Event>], wakeups: &mut Wakeups) -> Routed {
         let mut routed = Routed::default();
         let mut lagged: Vec<SubscriberId> = Vec::new();
         let Index {
@@ -200,7 +203,7 @@ impl Index {
                     if run[0].private && !claims_allow(&entry.subscription, &run[0]) {
                         continue;
                     }
-                    match entry.queue.push_all(run) {
+                    match entry.queue.push_all_deferred(run, wakeups) {
                         Ok(()) => routed.queued += run.len(),
                         Err(_) => lagged.push(id),
                     }
@@ -332,7 +335,7 @@ mod tests {
         let mut index = Index::default();
         let (_, a) = add(&mut index, sub(&["audits/a"], None));
         let (_, b) = add(&mut index, sub(&["audits/b"], None));
-        let r = index.route(&event(1, &["audits/a"], false));
+        let r = index.route(&event(1, &["audits/a"], false), &mut Wakeups::default());
         assert_eq!(r.queued, 1);
         assert_eq!(drain(&a), ["e1"]);
         assert!(drain(&b).is_empty());
@@ -346,13 +349,21 @@ mod tests {
         let (_, star) = add(&mut index, sub(&["*"], None));
         let (_, other) = add(&mut index, sub(&["modules/{id}"], None));
         assert_eq!(index.patterns.len(), 3, "one group per distinct pattern");
-        assert_eq!(index.route(&event(1, &["audits/x"], false)).queued, 3);
+        assert_eq!(
+            index
+                .route(&event(1, &["audits/x"], false), &mut Wakeups::default())
+                .queued,
+            3
+        );
         assert_eq!(drain(&t1), ["e1"]);
         assert_eq!(drain(&t2), ["e1"]);
         assert_eq!(drain(&star), ["e1"]);
         assert!(drain(&other).is_empty());
         assert!(index
-            .route(&event(2, &["audits/x/deeper"], false))
+            .route(
+                &event(2, &["audits/x/deeper"], false),
+                &mut Wakeups::default()
+            )
             .queued
             .eq(&1));
         assert_eq!(drain(&star), ["e2"]);
@@ -364,13 +375,16 @@ mod tests {
         let (_, anonymous) = add(&mut index, sub(&["*"], None));
         let (_, wrong) = add(&mut index, sub(&["*"], Some(&["audits/b"])));
         let (_, right) = add(&mut index, sub(&["audits/{t}"], Some(&["audits/{t}"])));
-        let r = index.route(&event(1, &["audits/a"], true));
+        let r = index.route(&event(1, &["audits/a"], true), &mut Wakeups::default());
         assert_eq!(r.queued, 1);
         assert!(drain(&anonymous).is_empty());
         assert!(drain(&wrong).is_empty());
         assert_eq!(drain(&right), ["e1"]);
         // A claim on any of the event's topics is enough.
-        index.route(&event(2, &["audits/a", "audits/b"], true));
+        index.route(
+            &event(2, &["audits/a", "audits/b"], true),
+            &mut Wakeups::default(),
+        );
         assert_eq!(drain(&wrong), ["e2"]);
     }
 
@@ -378,8 +392,18 @@ mod tests {
     fn many_selectors_and_topics_deliver_once() {
         let mut index = Index::default();
         let (_, q) = add(&mut index, sub(&["a", "b", "{x}", "*", "a"], Some(&["*"])));
-        assert_eq!(index.route(&event(1, &["a", "b", "c"], false)).queued, 1);
-        assert_eq!(index.route(&event(2, &["a", "b"], true)).queued, 1);
+        assert_eq!(
+            index
+                .route(&event(1, &["a", "b", "c"], false), &mut Wakeups::default())
+                .queued,
+            1
+        );
+        assert_eq!(
+            index
+                .route(&event(2, &["a", "b"], true), &mut Wakeups::default())
+                .queued,
+            1
+        );
         assert_eq!(drain(&q), ["e1", "e2"]);
     }
 
@@ -390,7 +414,12 @@ mod tests {
         let (_, b) = add(&mut index, sub(&["t"], None));
         index.remove(a_id);
         assert_eq!(index.len(), 1);
-        assert_eq!(index.route(&event(1, &["t"], false)).queued, 1);
+        assert_eq!(
+            index
+                .route(&event(1, &["t"], false), &mut Wakeups::default())
+                .queued,
+            1
+        );
         assert!(drain(&a).is_empty());
         assert_eq!(drain(&b), ["e1"]);
         assert!(index.patterns.is_empty(), "an emptied group is dropped");
@@ -412,11 +441,11 @@ mod tests {
         let slow_id = index.insert(sub(&["t"], None), slow.clone());
         let (_, fast) = add(&mut index, sub(&["t"], None));
         for seq in 1..=3 {
-            index.route(&event(seq, &["t"], false));
+            index.route(&event(seq, &["t"], false), &mut Wakeups::default());
             drain(&fast);
         }
         assert!(slow.is_lagged());
-        let r = index.route(&event(4, &["t"], false));
+        let r = index.route(&event(4, &["t"], false), &mut Wakeups::default());
         assert_eq!(
             r,
             Routed {
@@ -438,7 +467,10 @@ mod tests {
         }));
         index.insert(sub(&["audits/quiet"], None), quiet.clone());
         for seq in 1..=1000 {
-            index.route(&event(seq, &[&format!("audits/{seq}")], false));
+            index.route(
+                &event(seq, &[&format!("audits/{seq}")], false),
+                &mut Wakeups::default(),
+            );
         }
         assert!(!quiet.is_lagged());
         assert_eq!(quiet.queued_bytes(), 0);

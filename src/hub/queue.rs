@@ -28,6 +28,35 @@ pub struct QueueLimits {
 #[error("the subscriber fell behind its queue bound")]
 pub struct Lagged;
 
+/// Consumers to wake once the producer is done: a commit collects them under the hub's
+/// lock and wakes them after (when dropped, or with [`Wakeups::wake_all`]), so that
+/// waking 10,000 subscriber tasks neither holds the hub's lock nor queues them ahead of
+/// what the committer still has to do (the disk store answers its requests first).
+#[derive(Debug, Default)]
+#[must_use = "dropping the wake-ups wakes the consumers at once"]
+pub struct Wakeups(Vec<Waker>);
+
+impl Wakeups {
+    /// Wakes every collected consumer.
+    pub fn wake_all(self) {
+        drop(self);
+    }
+
+    /// Takes the wake-ups of `other` too.
+    pub fn extend(&mut self, other: Wakeups) {
+        let mut other = other;
+        self.0.append(&mut other.0);
+    }
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        for waker in self.0.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
 /// A queue shared by the hub (producer) and one subscriber (consumer).
 #[derive(Debug)]
 pub struct Queue {
@@ -63,11 +92,25 @@ impl Queue {
         self.push_all(std::slice::from_ref(event))
     }
 
+    /// [`Queue::push_all`], waking the consumer at once.
+    pub fn push_all(&self, events: &[Arc<Event>]) -> Result<(), Lagged> {
+        let mut wakeups = Wakeups::default();
+        self.push_all_deferred(events, &mut wakeups)
+    }
+
     /// Queues several events, in order, under one lock and with at most one wake-up of
     /// the consumer (a webhook's batch costs one wake per subscriber, not one per
     /// event). Each event is held to the bounds as [`Queue::push`] would hold it; when
     /// one exceeds a bound the queue is lagged and holds nothing, as after `push`.
-    pub fn push_all(&self, events: &[Arc<Event>]) -> Result<(), Lagged> {
+    ///
+    /// The consumer's wake-up is added to `wakeups` rather than done here, so the hub
+    /// wakes its subscribers after releasing its lock, and the disk store's writer
+    /// after answering the requests whose events these are.
+    pub fn push_all_deferred(
+        &self,
+        events: &[Arc<Event>],
+        wakeups: &mut Wakeups,
+    ) -> Result<(), Lagged> {
         let waker;
         let mut result = Ok(());
         {
@@ -92,7 +135,7 @@ impl Queue {
             waker = s.waker.take();
         }
         if let Some(w) = waker {
-            w.wake();
+            wakeups.0.push(w);
         }
         result
     }

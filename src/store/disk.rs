@@ -11,7 +11,7 @@
 //! last event of each record). The history is trimmed in the transaction that grows it,
 //! by count (`hub.history_size`) and bytes (`hub.history_bytes`), as the hub's.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -326,9 +326,10 @@ impl Disk {
             let mut upsert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            let mut topics = Vec::new();
+            // Each event's topics as stored, by request, for the records' last events.
+            let mut topics: Vec<Vec<String>> = Vec::with_capacity(group.len());
             for request in group {
-                topics.clear();
+                let mut texts = Vec::with_capacity(request.events.len());
                 for e in request.events {
                     let seq = self.next_seq;
                     self.next_seq += 1;
@@ -343,15 +344,30 @@ impl Disk {
                         e.retry.map(|r| r as i64),
                         e.source
                     ])?;
-                    topics.push(text);
+                    texts.push(text);
                     let size = event_size(&e.id, &e.data);
                     window.push_back((seq, size));
                     *bytes += size;
                 }
-                for r in request.records {
+                topics.push(texts);
+            }
+            // A record changed by several requests of the group is written once, in the
+            // state the last of them left it: the transaction is atomic, so the states
+            // in between are never seen on disk.
+            let mut last_write: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
+            for (g, request) in group.iter().enumerate() {
+                for (i, r) in request.records.iter().enumerate() {
+                    last_write.insert((request.source, r.key.as_str()), (g, i));
+                }
+            }
+            for (g, request) in group.iter().enumerate() {
+                for (i, r) in request.records.iter().enumerate() {
+                    if last_write.get(&(request.source, r.key.as_str())) != Some(&(g, i)) {
+                        continue;
+                    }
                     let last = r
                         .event
-                        .and_then(|i| request.events.get(i).zip(topics.get(i)));
+                        .and_then(|i| request.events.get(i).zip(topics[g].get(i)));
                     upsert.execute(params![
                         request.source,
                         r.key,
@@ -369,10 +385,7 @@ impl Disk {
             let mut delete =
                 tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
             for (source, key) in forget {
-                let rewritten = group
-                    .iter()
-                    .any(|g| g.source == source && g.records.iter().any(|r| &r.key == key));
-                if !rewritten {
+                if !last_write.contains_key(&(source.as_str(), key.as_str())) {
                     delete.execute(params![source, key])?;
                 }
             }
@@ -409,5 +422,74 @@ impl Disk {
             )
             .optional()?
             .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, value: &str, event: Option<usize>) -> RecordRow {
+        let state = StoredRecord {
+            values: [("v".to_string(), serde_json::Value::from(value))].into(),
+            version: None,
+        };
+        RecordRow {
+            key: key.into(),
+            state_json: serde_json::to_string(&state).unwrap(),
+            state,
+            event,
+        }
+    }
+
+    #[test]
+    fn a_record_changed_twice_in_one_group_is_stored_as_the_later_request_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let first = [EventDraft::new(vec!["r/1".into()], "first")];
+        let second = [
+            EventDraft::new(vec!["r/2".into()], "other"),
+            EventDraft::new(vec!["r/1".into()], "second"),
+        ];
+        let (rows1, rows2) = (
+            [row("1", "a", Some(0))],
+            [row("2", "x", Some(0)), row("1", "b", Some(1))],
+        );
+        let group = [
+            GroupWrite {
+                source: "s",
+                events: &first,
+                records: &rows1,
+                changed_at: 1,
+            },
+            GroupWrite {
+                source: "s",
+                events: &second,
+                records: &rows2,
+                changed_at: 2,
+            },
+        ];
+        // Record "2" was evicted from memory before this group rewrote it: it stays.
+        disk.commit_group(&group, &[("s".into(), "2".into())])
+            .unwrap();
+        drop(disk);
+
+        let (_, loaded) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let data: Vec<&str> = loaded.events.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, ["first", "other", "second"]);
+        assert_eq!(loaded.records.len(), 2);
+        let (_, _, one) = loaded
+            .records
+            .iter()
+            .find(|(s, k, _)| s == "s" && k == "1")
+            .unwrap();
+        assert_eq!(one.state, rows2[1].state);
+        assert_eq!(one.changed_at, 2);
+        let last = one.last.as_ref().unwrap();
+        assert_eq!(
+            (last.data.as_str(), last.topics.clone()),
+            ("second", vec!["r/1".to_string()])
+        );
     }
 }

@@ -8,17 +8,23 @@
 //! Memory only, a request is applied under the lock. With a database, requests are
 //! committed in groups (group commit): a request plans under the lock against the
 //! durable record states plus the states planned by requests still waiting for their
-//! commit, queues its rows and waits. One writer thread takes every queued request,
-//! writes them all in one SQLite transaction with one sync, and only then hands their
-//! events to the hub, applies their record states and answers each request. So a
-//! webhook is acknowledged only once the transaction holding its rows is durable, and
-//! the hub never streams an event that a crash could take back. A request whose own
-//! rows cannot be encoded fails alone, before it joins a group; if a transaction fails
-//! (disk full, I/O error), its requests and every request planned after them fail
-//! (503) and the planned states are dropped, so memory and disk still agree and the
-//! senders' retries start from the durable states.
+//! commit, queues its rows and waits. Two threads then carry the groups, one behind the
+//! other:
+//! - the writer (`relais-store`) takes every queued request, writes them all in one
+//!   SQLite transaction with one sync, hands the group to the applier and takes the
+//!   next group;
+//! - the applier (`relais-apply`) takes every group written, hands their events to the
+//!   hub, applies their record states and answers each request, in commit order.
+//!
+//! So a webhook is acknowledged only once the transaction holding its rows is durable,
+//! and the hub never streams an event that a crash could take back, while the next
+//! transaction is written as the previous one is fanned out. A request whose own rows
+//! cannot be encoded fails alone, before it joins a group; if a transaction fails (disk
+//! full, I/O error), its requests and every request planned after them fail (503) and
+//! the planned states are dropped (once the groups written before it are applied), so
+//! memory and disk still agree and the senders' retries start from the durable states.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -31,7 +37,7 @@ use super::disk::{Disk, GroupWrite, RecordRow};
 use super::records::{now_ms, Key, Records};
 use super::{Backend, Batch, Ingested, Known, OpenError, PlanFn, Published, Snapshot, StoreError};
 use crate::config::Config;
-use crate::hub::{EventDraft, Hub, Subscription};
+use crate::hub::{EventDraft, Hub, Subscription, Wakeups};
 use crate::ingest::record::StoredRecord;
 
 /// Memory or disk store of one process.
@@ -39,6 +45,8 @@ pub struct LocalStore {
     shared: Arc<Shared>,
     /// The group-commit writer (disk store only).
     writer: Option<JoinHandle<()>>,
+    /// The thread that applies written groups and answers their requests (disk store).
+    applier: Option<JoinHandle<()>>,
     describe: String,
 }
 
@@ -47,6 +55,10 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Wakes the writer when a request is queued or the store closes.
     wake: Condvar,
+    /// Wakes the applier when a group is written or the writer stops.
+    written: Condvar,
+    /// Tells the writer the applier has applied what it took.
+    applied: Condvar,
     /// The number of the last request the writer has settled (committed or failed).
     settled: watch::Sender<u64>,
 }
@@ -66,6 +78,12 @@ struct Inner {
     forget: Vec<Key>,
     /// The store is being dropped: the writer drains the queue and stops.
     closing: bool,
+    /// Disk store: groups written (durable, not yet applied), oldest first.
+    written: VecDeque<Vec<Job>>,
+    /// Disk store: the applier holds groups it has not applied yet.
+    applying: bool,
+    /// Disk store: the writer has stopped (the applier stops once it drained).
+    writer_stopped: bool,
 }
 
 /// One request waiting for its group commit.
@@ -75,7 +93,7 @@ struct Job {
     events: Vec<EventDraft>,
     records: Vec<RecordRow>,
     changed_at: u64,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: Done,
 }
 
 impl LocalStore {
@@ -92,11 +110,17 @@ impl LocalStore {
                     last_job: 0,
                     forget: Vec::new(),
                     closing: false,
+                    written: VecDeque::new(),
+                    applying: false,
+                    writer_stopped: false,
                 }),
                 wake: Condvar::new(),
+                written: Condvar::new(),
+                applied: Condvar::new(),
                 settled,
             }),
             writer: None,
+            applier: None,
             describe,
         }
     }
@@ -163,6 +187,12 @@ impl LocalStore {
             "relais_store_committed_requests_total",
             "Requests (webhooks, publishes) made durable by the disk store's group commits"
         );
+        let shared = store.shared.clone();
+        let applier = std::thread::Builder::new()
+            .name("relais-apply".into())
+            .spawn(move || shared.apply_groups())
+            .map_err(|e| fail(format!("cannot start the store's applier: {e}")))?;
+        store.applier = Some(applier);
         let shared = store.shared.clone();
         let writer = std::thread::Builder::new()
             .name("relais-store".into())
@@ -359,9 +389,19 @@ impl Shared {
     }
 
     fn commit_to_hub(&self, drafts: Vec<EventDraft>) -> Vec<Option<Arc<crate::hub::Event>>> {
+        let (committed, wakeups) = self.commit_to_hub_deferred(drafts);
+        wakeups.wake_all();
+        committed
+    }
+
+    /// [`Shared::commit_to_hub`], leaving the subscribers to wake to the caller.
+    fn commit_to_hub_deferred(
+        &self,
+        drafts: Vec<EventDraft>,
+    ) -> (Vec<Option<Arc<crate::hub::Event>>>, Wakeups) {
         // IDs are generated (UUIDv7) or checked before: a duplicate cannot happen.
-        self.hub
-            .commit_all(drafts)
+        let (results, wakeups) = self.hub.commit_all_deferred(drafts);
+        let committed = results
             .into_iter()
             .map(|result| match result {
                 Ok(event) => Some(event),
@@ -370,11 +410,12 @@ impl Shared {
                     None
                 }
             })
-            .collect()
+            .collect();
+        (committed, wakeups)
     }
 
     /// The writer thread: commits every queued request in one transaction, then hands
-    /// the events to the hub, applies the record states and answers the requests.
+    /// the group to the applier.
     fn write_groups(&self, mut disk: Disk) {
         loop {
             let (jobs, forget) = {
@@ -383,12 +424,15 @@ impl Shared {
                     inner = self.wake.wait(inner).unwrap_or_else(|p| p.into_inner());
                 }
                 if inner.queue.is_empty() {
+                    inner.writer_stopped = true;
+                    self.written.notify_all();
                     return;
                 }
-                (
-                    std::mem::take(&mut inner.queue),
-                    std::mem::take(&mut inner.forget),
-                )
+                let mut forget = std::mem::take(&mut inner.forget);
+                // A record a request still to be applied writes again comes back to
+                // memory when that request is applied: it is not deleted.
+                forget.retain(|key| !inner.planned.contains_key(key));
+                (std::mem::take(&mut inner.queue), forget)
             };
             let group: Vec<GroupWrite<'_>> = jobs
                 .iter()
@@ -401,60 +445,120 @@ impl Shared {
                 .collect();
             let result = disk.commit_group(&group, &forget);
             drop(group);
-            if result.is_ok() {
-                metrics::counter!("relais_store_commits_total").increment(1);
-                metrics::counter!("relais_store_committed_requests_total")
-                    .increment(jobs.len() as u64);
-            }
-            let mut answers = Vec::with_capacity(jobs.len());
             let mut inner = self.lock();
-            let mut last = jobs.last().map_or(0, |j| j.number);
             match result {
                 Ok(()) => {
-                    for job in jobs {
-                        for draft in &job.events {
-                            inner.pending_ids.remove(&draft.id);
-                        }
-                        // One hub commit per request: one wake-up per subscriber.
-                        let committed = self.commit_to_hub(job.events);
-                        for r in job.records {
-                            let key = (job.source.clone(), r.key);
-                            if inner
-                                .planned
-                                .get(&key)
-                                .is_some_and(|(_, n)| *n == job.number)
-                            {
-                                inner.planned.remove(&key);
-                            }
-                            let last = r.event.and_then(|i| committed.get(i).cloned().flatten());
-                            let evicted = inner.records.put(key, r.state, last, job.changed_at);
-                            inner.forget.extend(evicted);
-                        }
-                        answers.push((job.done, Ok(())));
-                    }
+                    metrics::counter!("relais_store_commits_total").increment(1);
+                    metrics::counter!("relais_store_committed_requests_total")
+                        .increment(jobs.len() as u64);
+                    inner.written.push_back(jobs);
+                    self.written.notify_one();
                 }
                 Err(e) => {
                     tracing::error!("store commit failed, {} requests refused: {e}", jobs.len());
-                    // Requests queued meanwhile planned against the failed ones' states.
-                    let later = std::mem::take(&mut inner.queue);
-                    last = later.last().map_or(last, |j| j.number);
-                    for job in jobs.into_iter().chain(later) {
-                        let error = StoreError::Unavailable(format!("commit failed: {e}"));
-                        answers.push((job.done, Err(error)));
+                    // The groups written before this one still apply their states: wait
+                    // for them, then drop what later requests planned on this one.
+                    while !inner.written.is_empty() || inner.applying {
+                        inner = self.applied.wait(inner).unwrap_or_else(|p| p.into_inner());
                     }
-                    inner.planned.clear();
-                    inner.pending_ids.clear();
                     inner.forget.extend(forget);
+                    let answers = Self::refuse(&mut inner, jobs, &format!("commit failed: {e}"));
+                    drop(inner);
+                    self.answer(answers, Wakeups::default());
                 }
-            }
-            drop(inner);
-            self.settled.send_replace(last);
-            for (done, answer) in answers {
-                // A request whose client left no longer waits: nothing to tell.
-                let _ = done.send(answer);
             }
         }
     }
+
+    /// Refuses `jobs` and every request queued after them (they planned against the
+    /// states of the refused ones), and drops every planned state (under the lock).
+    fn refuse(inner: &mut Inner, jobs: Vec<Job>, reason: &str) -> Answers {
+        let later = std::mem::take(&mut inner.queue);
+        inner.planned.clear();
+        inner.pending_ids.clear();
+        let mut answers = Answers::default();
+        for job in jobs.into_iter().chain(later) {
+            answers.last = answers.last.max(job.number);
+            let error = StoreError::Unavailable(reason.to_string());
+            answers.list.push((job.done, Err(error)));
+        }
+        answers
+    }
+
+    /// Tells the requests their outcome, then wakes the subscribers of their events:
+    /// woken from this thread, every task joins the runtime's one shared queue, and an
+    /// answer behind 10,000 subscribers' writes would wait for all of them.
+    fn answer(&self, answers: Answers, wakeups: Wakeups) {
+        self.settled
+            .send_modify(|settled| *settled = (*settled).max(answers.last));
+        for (done, answer) in answers.list {
+            // A request whose client left no longer waits: nothing to tell.
+            let _ = done.send(answer);
+        }
+        wakeups.wake_all();
+    }
+
+    /// The applier: hands the events of every group written to the hub, applies their
+    /// record states and answers their requests, in commit order.
+    fn apply_groups(&self) {
+        loop {
+            let groups = {
+                let mut inner = self.lock();
+                while inner.written.is_empty() && !inner.writer_stopped {
+                    inner = self.written.wait(inner).unwrap_or_else(|p| p.into_inner());
+                }
+                if inner.written.is_empty() {
+                    return;
+                }
+                inner.applying = true;
+                std::mem::take(&mut inner.written)
+            };
+            let mut answers = Answers::default();
+            let mut wakeups = Wakeups::default();
+            let mut inner = self.lock();
+            for job in groups.into_iter().flatten() {
+                answers.last = job.number;
+                for draft in &job.events {
+                    inner.pending_ids.remove(&draft.id);
+                }
+                // One hub commit per request: one wake-up per subscriber.
+                let (committed, woken) = self.commit_to_hub_deferred(job.events);
+                wakeups.extend(woken);
+                for r in job.records {
+                    let key = (job.source.clone(), r.key);
+                    if !inner.forget.is_empty() {
+                        // Evicted by an earlier group, written again by this one.
+                        inner.forget.retain(|k| k != &key);
+                    }
+                    if inner
+                        .planned
+                        .get(&key)
+                        .is_some_and(|(_, n)| *n == job.number)
+                    {
+                        inner.planned.remove(&key);
+                    }
+                    let last = r.event.and_then(|i| committed.get(i).cloned().flatten());
+                    let evicted = inner.records.put(key, r.state, last, job.changed_at);
+                    inner.forget.extend(evicted);
+                }
+                answers.list.push((job.done, Ok(())));
+            }
+            inner.applying = false;
+            drop(inner);
+            self.applied.notify_all();
+            self.answer(answers, wakeups);
+        }
+    }
+}
+
+/// Where a request waits for its outcome.
+type Done = oneshot::Sender<Result<(), StoreError>>;
+
+/// Outcomes to send, and the number of the last request they settle.
+#[derive(Default)]
+struct Answers {
+    list: Vec<(Done, Result<(), StoreError>)>,
+    last: u64,
 }
 
 impl Drop for LocalStore {
@@ -464,6 +568,13 @@ impl Drop for LocalStore {
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
                 tracing::error!("the store writer panicked");
+                self.lock().writer_stopped = true;
+                self.shared.written.notify_all();
+            }
+        }
+        if let Some(applier) = self.applier.take() {
+            if applier.join().is_err() {
+                tracing::error!("the store's applier panicked");
             }
         }
     }
