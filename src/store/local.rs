@@ -631,8 +631,10 @@ impl Backend for LocalStore {
             .hub
             .last_id()
             .unwrap_or_else(|| "earliest".to_string());
-        let records = inner.records.matching(subscription);
+        let slots = inner.records.matching(subscription);
         drop(inner);
+        // Encoded outside the lock: deliveries go on meanwhile.
+        let records = slots.iter().map(|slot| slot.entry()).collect();
         async move {
             Ok(Snapshot {
                 last_event_id,

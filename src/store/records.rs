@@ -27,8 +27,29 @@ pub struct Entry {
     pub changed_at: u64,
     /// Last use, for least-recently-used eviction.
     tick: u64,
-    /// The last event's `/state` entry, encoded by the first snapshot that needs it.
-    snapshot: OnceLock<Arc<SnapshotRecord>>,
+    /// The last event's `/state` entry, encoded by the first snapshot that needs it
+    /// (shared with the snapshots in progress, which encode it outside the store's
+    /// lock).
+    snapshot: Arc<OnceLock<Arc<SnapshotRecord>>>,
+}
+
+/// A record's last event as a snapshot found it under the store's lock: its `/state`
+/// entry is encoded (once per change of the record) only by [`SnapshotSlot::entry`],
+/// after the lock is released, so a first snapshot of 10,000 changed records does not
+/// hold up deliveries while it encodes them.
+#[derive(Debug, Clone)]
+pub struct SnapshotSlot {
+    event: Arc<Event>,
+    entry: Arc<OnceLock<Arc<SnapshotRecord>>>,
+}
+
+impl SnapshotSlot {
+    /// The record's `/state` entry, encoded now if no snapshot did it before.
+    pub fn entry(&self) -> Arc<SnapshotRecord> {
+        self.entry
+            .get_or_init(|| Arc::new(SnapshotRecord::of(&self.event)))
+            .clone()
+    }
 }
 
 /// A bounded LRU map of record states.
@@ -124,7 +145,7 @@ impl Records {
             last,
             changed_at,
             tick,
-            snapshot: OnceLock::new(),
+            snapshot: Arc::default(),
         };
         if let Some(old) = self.entries.insert(key.clone(), entry) {
             self.order.remove(&old.tick);
@@ -149,19 +170,18 @@ impl Records {
     }
 
     /// The last events of the records a subscriber may see (selectors and private
-    /// rules as for streaming), in no particular order, each encoded for `/state` once
-    /// per change of its record.
-    pub fn matching(&self, subscription: &Subscription) -> Vec<Arc<SnapshotRecord>> {
+    /// rules as for streaming), in no particular order; each slot gives the record's
+    /// `/state` entry, encoded once per change of its record.
+    pub fn matching(&self, subscription: &Subscription) -> Vec<SnapshotSlot> {
         let now = now_ms();
         self.entries
             .values()
             .filter(|e| !self.expired(e, now))
             .filter_map(|e| Some((e, e.last.as_ref()?)))
             .filter(|(_, event)| subscription.wants(event))
-            .map(|(e, event)| {
-                e.snapshot
-                    .get_or_init(|| Arc::new(SnapshotRecord::of(event)))
-                    .clone()
+            .map(|(e, event)| SnapshotSlot {
+                event: event.clone(),
+                entry: e.snapshot.clone(),
             })
             .collect()
     }
@@ -214,5 +234,38 @@ mod tests {
         let got = r.get_many("s", &["old".into(), "new".into()]);
         assert_eq!(got.keys().collect::<Vec<_>>(), ["new"]);
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_slot_encodes_the_event_it_found_once() {
+        use crate::hub::{EventDraft, Selector};
+        let event = |data: &str| {
+            Arc::new(Event::new(
+                1,
+                EventDraft::new(vec!["r/1".into()], data).with_id(data),
+            ))
+        };
+        let everything = Subscription {
+            selectors: vec![Selector::Any],
+            claims: None,
+        };
+        let mut r = Records::new(10, None);
+        r.put(key("1"), rec(1), Some(event("{\"v\":1}")), now_ms());
+        let slots = r.matching(&everything);
+        // The record changes before the slot is encoded (outside the store's lock):
+        // the slot still gives the event of the snapshot's instant.
+        r.put(key("1"), rec(2), Some(event("{\"v\":2}")), now_ms());
+        assert_eq!(slots.len(), 1);
+        assert_eq!(slots[0].entry().id, "{\"v\":1}");
+        // Encoded once per change, shared by the snapshots that follow.
+        let [now] = &r.matching(&everything)[..] else {
+            panic!("one record");
+        };
+        let (a, b) = (now.entry(), now.entry());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            &a.json[..],
+            br#"{"id":"{\"v\":2}","type":null,"topics":["r/1"],"data":{"v":2}}"#
+        );
     }
 }
