@@ -499,3 +499,71 @@ async fn the_alert_queue_hands_out_what_was_pushed_and_forgets_it_once_acknowled
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_evicted_under_concurrent_deliveries_stay_on_disk_while_memory_holds_them() {
+    // Memory holds 6 of 12 records; each delivery writes 3, so applying a group evicts
+    // records. A record evicted by one group and written again by a later group
+    // (committed, not yet applied) must not be deleted from disk by the group after it:
+    // whatever memory holds, a restart must read back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.state_dir = Some(dir.path().to_path_buf());
+    config.hub.record_state_capacity = 6;
+    let store = Store::open(&config, hub(), CancellationToken::new())
+        .await
+        .unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("store.sqlite")).unwrap();
+    let all: Vec<String> = (0..12).map(|k| k.to_string()).collect();
+    for burst in 0..150usize {
+        let mut tasks = Vec::new();
+        for i in 0..8usize {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let keys: Vec<String> = (0..3)
+                    .map(|k| ((burst * 5 + i * 7 + k) % 12).to_string())
+                    .collect();
+                let plan = |known: &Known| {
+                    let mut batch = Batch::default();
+                    for key in &keys {
+                        let n = known
+                            .get(key)
+                            .and_then(|r| r.values["n"].as_i64())
+                            .unwrap_or(0)
+                            + 1;
+                        batch.records.push(RecordWrite {
+                            key: key.clone(),
+                            state: record(n),
+                            event: Some(batch.events.len()),
+                        });
+                        batch.events.push(
+                            EventDraft::new(
+                                vec![format!("c/{key}")],
+                                json!({"key": key, "n": n}).to_string(),
+                            )
+                            .with_source("s"),
+                        );
+                    }
+                    batch
+                };
+                store.ingest("s", &keys, &plan).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Every request is answered, so every group is committed and applied.
+        let held = store.load_records("s", &all).await.unwrap();
+        for (key, state) in &held {
+            let stored: Option<String> = db
+                .query_row(
+                    "SELECT state FROM records WHERE source = 's' AND key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
+                .ok();
+            let stored: Option<StoredRecord> = stored.map(|s| serde_json::from_str(&s).unwrap());
+            assert_eq!(stored.as_ref(), Some(state), "burst {burst}, record {key}");
+        }
+    }
+}
