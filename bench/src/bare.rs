@@ -27,7 +27,7 @@ type Topics = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>>>;
 /// Largest request head or publish body the bare server accepts.
 const MAX_REQUEST: usize = 64 * 1024 * 1024;
 /// Frames written with one `writev`.
-const MAX_IOV: usize = 64;
+const MAX_IOV: usize = 256;
 
 /// Runs the bare server until the process is killed; prints `bare listening on ADDR`.
 pub async fn serve() -> std::io::Result<()> {

@@ -355,7 +355,7 @@ async fn stream_to_socket(
 }
 
 /// Most slices handed to one `writev`.
-const MAX_IOV: usize = 64;
+const MAX_IOV: usize = 256;
 
 /// Writes `head` (if any) then every frame, with vectored writes of the shared bytes
 /// (nothing is copied or allocated per write).

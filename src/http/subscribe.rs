@@ -34,7 +34,7 @@ use crate::hub::{sse, Event, ResumeFrom, Selector, Subscriber, Subscription};
 
 /// Largest chunk (sum of frame sizes) a subscriber's task hands to the socket at once;
 /// with the hub's queue bound it is what one connection can hold.
-pub const MAX_CHUNK: usize = 64 * 1024;
+pub const MAX_CHUNK: usize = 256 * 1024;
 
 /// One write to the socket: shared frames, in order.
 pub type Frames = Vec<Bytes>;
