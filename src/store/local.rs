@@ -59,7 +59,8 @@ struct Shared {
     written: Condvar,
     /// Tells the writer the applier has applied what it took.
     applied: Condvar,
-    /// The number of the last request the writer has settled (committed or failed).
+    /// The number of the last request settled: applied and answered by the applier, or
+    /// refused after a failed commit.
     settled: watch::Sender<u64>,
 }
 
