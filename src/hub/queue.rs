@@ -43,8 +43,7 @@ impl Wakeups {
     }
 
     /// Takes the wake-ups of `other` too.
-    pub fn extend(&mut self, other: Wakeups) {
-        let mut other = other;
+    pub fn extend(&mut self, mut other: Wakeups) {
         self.0.append(&mut other.0);
     }
 }

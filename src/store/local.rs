@@ -56,7 +56,7 @@ struct Shared {
     /// Wakes the writer when a request is queued or the store closes.
     wake: Condvar,
     /// Wakes the applier when a group is written or the writer stops.
-    written: Condvar,
+    to_apply: Condvar,
     /// Tells the writer the applier has applied what it took.
     applied: Condvar,
     /// The number of the last request settled: applied and answered by the applier, or
@@ -116,7 +116,7 @@ impl LocalStore {
                     writer_stopped: false,
                 }),
                 wake: Condvar::new(),
-                written: Condvar::new(),
+                to_apply: Condvar::new(),
                 applied: Condvar::new(),
                 settled,
             }),
@@ -426,7 +426,7 @@ impl Shared {
                 }
                 if inner.queue.is_empty() {
                     inner.writer_stopped = true;
-                    self.written.notify_all();
+                    self.to_apply.notify_all();
                     return;
                 }
                 let mut forget = std::mem::take(&mut inner.forget);
@@ -453,7 +453,7 @@ impl Shared {
                     metrics::counter!("relais_store_committed_requests_total")
                         .increment(jobs.len() as u64);
                     inner.written.push_back(jobs);
-                    self.written.notify_one();
+                    self.to_apply.notify_one();
                 }
                 Err(e) => {
                     tracing::error!("store commit failed, {} requests refused: {e}", jobs.len());
@@ -506,7 +506,7 @@ impl Shared {
             let groups = {
                 let mut inner = self.lock();
                 while inner.written.is_empty() && !inner.writer_stopped {
-                    inner = self.written.wait(inner).unwrap_or_else(|p| p.into_inner());
+                    inner = self.to_apply.wait(inner).unwrap_or_else(|p| p.into_inner());
                 }
                 if inner.written.is_empty() {
                     return;
@@ -570,7 +570,7 @@ impl Drop for LocalStore {
             if writer.join().is_err() {
                 tracing::error!("the store writer panicked");
                 self.lock().writer_stopped = true;
-                self.shared.written.notify_all();
+                self.shared.to_apply.notify_all();
             }
         }
         if let Some(applier) = self.applier.take() {
