@@ -36,6 +36,12 @@ async fn get(relais: &Relais, path: &str, token: Option<&str>) -> (u16, Value, S
     )
 }
 
+/// Subscribes to `topics` with `token`, without other headers.
+async fn subscribe(relais: &Relais, topics: &[&str], token: &str) -> SseClient {
+    let pairs: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+    SseClient::connect(relais, &q(&pairs), Some(token), &[]).await
+}
+
 fn doc(event: &relais::hub::sse::ParsedEvent) -> Value {
     serde_json::from_str(&event.data).expect("a JSON-LD document")
 }
@@ -60,23 +66,11 @@ async fn next_presence(sse: &mut SseClient, topic: &str, active: bool) -> Value 
 async fn a_board_sees_technicians_arrive_and_leave_and_lists_them() {
     let relais = Relais::start(&[("RELAIS_HUB__PERSIST", "false")]);
     let board_token = technician("Board", "X");
-    let mut board = SseClient::connect(
-        &relais,
-        &q(&[("topic", &presence_of("X"))]),
-        Some(&board_token),
-        &[],
-    )
-    .await;
+    let mut board = subscribe(&relais, &[&presence_of("X")], &board_token).await;
     assert_eq!(board.status, 200);
 
     // Adrien opens the audit: the board sees him arrive, with his payload.
-    let adrien = SseClient::connect(
-        &relais,
-        &q(&[("topic", "audits/X")]),
-        Some(&technician("Adrien", "X")),
-        &[],
-    )
-    .await;
+    let adrien = subscribe(&relais, &["audits/X"], &technician("Adrien", "X")).await;
     assert_eq!(adrien.status, 200);
     let arrived = next_presence(&mut board, "audits/X", true).await;
     assert_eq!(arrived["@context"], "https://mercure.rocks/");
@@ -134,13 +128,7 @@ async fn a_board_sees_technicians_arrive_and_leave_and_lists_them() {
     )
     .await;
     let position = list["lastEventID"].as_str().unwrap().to_string();
-    let _eve = SseClient::connect(
-        &relais,
-        &q(&[("topic", "audits/X")]),
-        Some(&technician("Eve", "X")),
-        &[],
-    )
-    .await;
+    let _eve = subscribe(&relais, &["audits/X"], &technician("Eve", "X")).await;
     let mut resumed = SseClient::connect(
         &relais,
         &q(&[("topic", &presence_of("X"))]),
@@ -168,13 +156,7 @@ async fn a_board_sees_technicians_arrive_and_leave_and_lists_them() {
 #[tokio::test]
 async fn claims_are_enforced() {
     let relais = Relais::start(&[("RELAIS_HUB__PERSIST", "false")]);
-    let _y = SseClient::connect(
-        &relais,
-        &q(&[("topic", "audits/Y")]),
-        Some(&technician("Yann", "Y")),
-        &[],
-    )
-    .await;
+    let _y = subscribe(&relais, &["audits/Y"], &technician("Yann", "Y")).await;
     let x = technician("Xavier", "X");
     // A technician of audit X cannot list audit Y, nor everything.
     let (status, _, _) = get(
@@ -218,21 +200,9 @@ async fn claims_are_enforced() {
     .await;
     assert_eq!(status, 404);
     // A board of audit X receives none of audit Y's subscription events.
-    let mut board = SseClient::connect(
-        &relais,
-        &q(&[("topic", &presence_of("X")), ("topic", "audits/X")]),
-        Some(&x),
-        &[],
-    )
-    .await;
+    let mut board = subscribe(&relais, &[&presence_of("X"), "audits/X"], &x).await;
     assert_eq!(board.status, 200);
-    let _y2 = SseClient::connect(
-        &relais,
-        &q(&[("topic", "audits/Y")]),
-        Some(&technician("Yvonne", "Y")),
-        &[],
-    )
-    .await;
+    let _y2 = subscribe(&relais, &["audits/Y"], &technician("Yvonne", "Y")).await;
     let seen = board.events(10, QUIET).await;
     assert!(
         seen.iter().all(|e| doc(e)["topic"] != "audits/Y"),
@@ -268,11 +238,10 @@ async fn presence_topics_cannot_be_published_to() {
 async fn mercure_1_subscriptions_take_the_match_type_form() {
     let relais = Relais::start(&[("RELAIS_HUB__PERSIST", "false")]);
     let watcher = token("w", &["/.well-known/mercure/subscriptions{/rest*}"], &[]);
-    let mut board = SseClient::connect(
+    let mut board = subscribe(
         &relais,
-        &q(&[("topic", "/.well-known/mercure/subscriptions{/rest*}")]),
-        Some(&watcher),
-        &[],
+        &["/.well-known/mercure/subscriptions{/rest*}"],
+        &watcher,
     )
     .await;
     assert_eq!(board.status, 200);
@@ -294,20 +263,13 @@ async fn presence_can_be_switched_off() {
         ("RELAIS_HUB__SUBSCRIPTIONS", "false"),
     ]);
     let watcher = token("w", &["/.well-known/mercure/subscriptions{/rest*}"], &[]);
-    let mut board = SseClient::connect(
+    let mut board = subscribe(
         &relais,
-        &q(&[("topic", "/.well-known/mercure/subscriptions{/rest*}")]),
-        Some(&watcher),
-        &[],
+        &["/.well-known/mercure/subscriptions{/rest*}"],
+        &watcher,
     )
     .await;
-    let _t = SseClient::connect(
-        &relais,
-        &q(&[("topic", "audits/X")]),
-        Some(&technician("A", "X")),
-        &[],
-    )
-    .await;
+    let _t = subscribe(&relais, &["audits/X"], &technician("A", "X")).await;
     assert!(board.next_event(QUIET).await.is_none());
     let (status, _, _) = get(
         &relais,
@@ -366,20 +328,8 @@ async fn a_restart_after_a_crash_ends_the_subscriptions_left_from_before() {
     let publisher = token("p", &[], &["audits/X"]);
     let before = common::publish_ok(&relais, &publisher, "audits/X", "{}").await;
     let board_token = technician("Board", "X");
-    let mut board = SseClient::connect(
-        &relais,
-        &q(&[("topic", &presence_of("X"))]),
-        Some(&board_token),
-        &[],
-    )
-    .await;
-    let _tablet = SseClient::connect(
-        &relais,
-        &q(&[("topic", "audits/X")]),
-        Some(&technician("Adrien", "X")),
-        &[],
-    )
-    .await;
+    let mut board = subscribe(&relais, &[&presence_of("X")], &board_token).await;
+    let _tablet = subscribe(&relais, &["audits/X"], &technician("Adrien", "X")).await;
     let arrived = next_presence(&mut board, "audits/X", true).await;
     // Let the list reach the disk, then crash.
     tokio::time::sleep(Duration::from_millis(300)).await;

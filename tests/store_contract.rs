@@ -107,27 +107,38 @@ fn record(n: i64) -> StoredRecord {
 
 /// A plan that increments counter `key` and publishes its new value on `c/{key}`.
 fn increment(source: &'static str, key: String) -> impl Fn(&Known) -> Batch + Send + Sync {
+    increment_all(source, vec![key])
+}
+
+/// A plan that increments each of `keys` in one batch, publishing each new value on
+/// `c/{key}` (one event per record, in order).
+fn increment_all(
+    source: &'static str,
+    keys: Vec<String>,
+) -> impl Fn(&Known) -> Batch + Send + Sync {
     move |known: &Known| {
-        let n = known
-            .get(&key)
-            .and_then(|r| r.values["n"].as_i64())
-            .unwrap_or(0)
-            + 1;
-        Batch {
-            events: vec![EventDraft::new(
-                vec!["c".into(), format!("c/{key}")],
-                json!({"key": key, "n": n}).to_string(),
-            )
-            .with_type("counter")
-            .with_source(source)],
-            records: vec![RecordWrite {
+        let mut batch = Batch::default();
+        for key in &keys {
+            let n = known
+                .get(key)
+                .and_then(|r| r.values["n"].as_i64())
+                .unwrap_or(0)
+                + 1;
+            batch.records.push(RecordWrite {
                 key: key.clone(),
                 state: record(n),
-                event: Some(0),
-            }],
-            unchanged: 0,
-            stale: 0,
+                event: Some(batch.events.len()),
+            });
+            batch.events.push(
+                EventDraft::new(
+                    vec!["c".into(), format!("c/{key}")],
+                    json!({"key": key, "n": n}).to_string(),
+                )
+                .with_type("counter")
+                .with_source(source),
+            );
         }
+        batch
     }
 }
 
@@ -523,29 +534,7 @@ async fn records_evicted_under_concurrent_deliveries_stay_on_disk_while_memory_h
                 let keys: Vec<String> = (0..3)
                     .map(|k| ((burst * 5 + i * 7 + k) % 12).to_string())
                     .collect();
-                let plan = |known: &Known| {
-                    let mut batch = Batch::default();
-                    for key in &keys {
-                        let n = known
-                            .get(key)
-                            .and_then(|r| r.values["n"].as_i64())
-                            .unwrap_or(0)
-                            + 1;
-                        batch.records.push(RecordWrite {
-                            key: key.clone(),
-                            state: record(n),
-                            event: Some(batch.events.len()),
-                        });
-                        batch.events.push(
-                            EventDraft::new(
-                                vec![format!("c/{key}")],
-                                json!({"key": key, "n": n}).to_string(),
-                            )
-                            .with_source("s"),
-                        );
-                    }
-                    batch
-                };
+                let plan = increment_all("s", keys.clone());
                 store.ingest("s", &keys, &plan).await.unwrap();
             }));
         }
