@@ -100,7 +100,7 @@ async fn backends() -> Vec<Backend> {
 
 fn record(n: i64) -> StoredRecord {
     StoredRecord {
-        values: [("n".to_string(), json!(n))].into(),
+        values: std::sync::Arc::new([("n".to_string(), json!(n))].into()),
         version: None,
     }
 }

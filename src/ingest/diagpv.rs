@@ -237,7 +237,7 @@ impl ModuleUpdate {
             json!(epoch_millis_to_rfc3339(self.updated_at_ms)),
         );
         StoredRecord {
-            values,
+            values: values.into(),
             version: Some(self.updated_at_ms),
         }
     }

@@ -17,6 +17,7 @@
 //! Everything here is pure: no I/O.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -203,7 +204,7 @@ pub struct GristRow {
     pub row_id: i64,
     /// Every column but `manualSort` (and the row `id`, kept in `row_id`), raw (storage
     /// encoding).
-    pub fields: BTreeMap<String, Value>,
+    pub fields: Arc<BTreeMap<String, Value>>,
     /// The mapped fields, decoded.
     pub mapped: Intervention,
 }
@@ -256,7 +257,7 @@ fn parse_row(index: usize, row: &Value, mapping: &ColumnMapping) -> Result<Grist
     let mapped = normalize(index, &fields, mapping)?;
     Ok(GristRow {
         row_id,
-        fields,
+        fields: fields.into(),
         mapped,
     })
 }
@@ -396,7 +397,7 @@ pub fn diff_row(
             previous: Map::new(),
         });
     };
-    if *previous == row.fields {
+    if *previous == *row.fields {
         return None;
     }
     let old = normalize_lenient(previous, mapping);
@@ -514,7 +515,7 @@ impl GristSource {
         let mut plan = Plan::default();
         let mut current: HashMap<String, (&BTreeMap<String, Value>, Option<i64>)> = known
             .iter()
-            .map(|(k, r)| (k.clone(), (&r.values, r.version)))
+            .map(|(k, r)| (k.clone(), (&*r.values, r.version)))
             .collect();
         for row in rows {
             let key = Self::key(row);

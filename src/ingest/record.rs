@@ -3,6 +3,7 @@
 //! (their old values). Pure: the state store and the pipeline do the I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -13,8 +14,9 @@ use serde_json::{Map, Value};
 pub struct StoredRecord {
     /// The values compared by the diff, by name. Grist: the raw columns (storage
     /// encoding, without `manualSort`); hub: `status`, `comment`, `technician`,
-    /// `updated_at`.
-    pub values: BTreeMap<String, Value>,
+    /// `updated_at`. Shared: the known state handed to a plan, the state planned and
+    /// the row it came from are one map, not copies.
+    pub values: Arc<BTreeMap<String, Value>>,
     /// Ordering key for last-write-wins (hub: `updated_at` in Unix milliseconds);
     /// `None` when the source has none (Grist delivers in order per document).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,7 +110,7 @@ pub fn decide(previous: Option<&StoredRecord>, new: &StoredRecord) -> Outcome {
             return Outcome::Stale;
         }
     }
-    match diff_values(previous.map(|p| &p.values), &new.values) {
+    match diff_values(previous.map(|p| &*p.values), &new.values) {
         Some(diff) => Outcome::Publish(diff),
         None => Outcome::Unchanged,
     }
@@ -167,10 +169,12 @@ mod tests {
 
     fn rec(pairs: &[(&str, Value)], version: Option<i64>) -> StoredRecord {
         StoredRecord {
-            values: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            values: Arc::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
             version,
         }
     }

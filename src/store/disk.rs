@@ -431,7 +431,7 @@ mod tests {
 
     fn row(key: &str, value: &str, event: Option<usize>) -> RecordRow {
         let state = StoredRecord {
-            values: [("v".to_string(), serde_json::Value::from(value))].into(),
+            values: std::sync::Arc::new([("v".to_string(), serde_json::Value::from(value))].into()),
             version: None,
         };
         RecordRow {

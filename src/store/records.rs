@@ -201,7 +201,7 @@ mod tests {
 
     fn rec(n: i64) -> StoredRecord {
         StoredRecord {
-            values: [("n".to_string(), json!(n))].into_iter().collect(),
+            values: std::sync::Arc::new([("n".to_string(), json!(n))].into()),
             version: None,
         }
     }
