@@ -7,9 +7,13 @@
 //! per second than redb with immediate durability, with the same guarantee: a committed
 //! transaction survives `kill -9` and power loss, an interrupted one leaves nothing.
 //!
-//! Tables: `events` (the retained history, by commit order) and `records` (the state and
-//! last event of each record). The history is trimmed in the transaction that grows it,
-//! by count (`hub.history_size`) and bytes (`hub.history_bytes`), as the hub's.
+//! Tables: `batches` (the retained history: one row per request, its events compressed
+//! together, see [`super::batch`]) and `records` (the state and last event of each
+//! record). The history is trimmed in the transaction that grows it, by count
+//! (`hub.history_size`) and bytes (`hub.history_bytes`), as the hub's: a batch is deleted
+//! once its last event is trimmed, and the events of a batch trimmed in part are dropped
+//! again when it is read back. Databases of earlier versions kept one row per event in
+//! `events`: opening one moves those rows into `batches`, once.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -20,8 +24,8 @@ use crate::hub::history::event_size;
 use crate::hub::EventDraft;
 use crate::ingest::record::StoredRecord;
 
-/// An event as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// An event as stored. Field order matters: [`super::batch`] encodes by position.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct DiskEvent {
     /// Event ID.
     pub id: String,
@@ -159,9 +163,8 @@ fn trim(
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topics TEXT NOT NULL, type TEXT,
-  data TEXT NOT NULL, private INTEGER NOT NULL, retry INTEGER, source TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+  seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, events BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
   source TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, changed_at INTEGER NOT NULL,
   last_id TEXT, last_topics TEXT, last_type TEXT, last_data TEXT, last_private INTEGER,
@@ -170,6 +173,74 @@ CREATE TABLE IF NOT EXISTS records (
 
 fn topics_text(topics: &[String]) -> String {
     serde_json::to_string(topics).unwrap_or_else(|_| "[]".into())
+}
+
+/// The most events one migrated batch holds.
+const MIGRATED_BATCH: usize = 100;
+
+/// Moves the one-row-per-event history of earlier versions (`events`) into `batches`,
+/// in one transaction, and drops the old table: a crash during it leaves the old table
+/// whole, to be moved on the next start.
+fn migrate_events(conn: &Connection) -> Result<(), DiskError> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if old.is_none() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let mut runs: Vec<(i64, Vec<EventDraft>)> = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT seq, id, topics, type, data, private, retry, source FROM events ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                DiskEvent {
+                    id: r.get(1)?,
+                    topics: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                    event_type: r.get(3)?,
+                    data: r.get(4)?,
+                    private: r.get::<_, i64>(5)? != 0,
+                    retry: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                    source: r.get(7)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (seq, event) = row?;
+            // A batch holds consecutive sequence numbers.
+            match runs.last_mut() {
+                Some((first, events))
+                    if *first + events.len() as i64 == seq && events.len() < MIGRATED_BATCH =>
+                {
+                    events.push(event.into_draft())
+                }
+                _ => runs.push((seq, vec![event.into_draft()])),
+            }
+        }
+    }
+    let moved: usize = runs.iter().map(|(_, events)| events.len()).sum();
+    {
+        let mut insert =
+            tx.prepare("INSERT INTO batches (seq, last_seq, events) VALUES (?1, ?2, ?3)")?;
+        for (first, events) in &runs {
+            let last = first + events.len() as i64 - 1;
+            insert.execute(params![first, last, super::batch::encode(events)])?;
+        }
+    }
+    tx.execute_batch("DROP TABLE events")?;
+    tx.commit()?;
+    tracing::info!(
+        events = moved,
+        "moved the stored history to one row per request"
+    );
+    Ok(())
 }
 
 impl Disk {
@@ -186,33 +257,44 @@ impl Disk {
         conn.execute_batch(SCHEMA)?;
         let mut loaded = Loaded::default();
         let mut window = VecDeque::new();
-        let mut bytes = 0;
+        let mut bytes_total = 0;
         let mut next_seq = 1;
+        migrate_events(&conn)?;
         {
-            let mut stmt = conn.prepare(
-                "SELECT seq, id, topics, type, data, private, retry, source FROM events ORDER BY seq",
-            )?;
+            let mut stmt =
+                conn.prepare("SELECT seq, last_seq, events FROM batches ORDER BY seq")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
-                    DiskEvent {
-                        id: r.get(1)?,
-                        topics: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
-                        event_type: r.get(3)?,
-                        data: r.get(4)?,
-                        private: r.get::<_, i64>(5)? != 0,
-                        retry: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                        source: r.get(7)?,
-                    },
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
                 ))
             })?;
             for row in rows {
-                let (seq, event) = row?;
-                let size = event.size();
-                window.push_back((seq, size));
-                bytes += size;
-                next_seq = seq + 1;
-                loaded.events.push(event);
+                let (first, last, bytes) = row?;
+                let events = match super::batch::decode(&bytes) {
+                    Ok(events) if events.len() as i64 == last - first + 1 => events,
+                    Ok(events) => {
+                        tracing::warn!(
+                            first,
+                            last,
+                            found = events.len(),
+                            "ignoring a stored batch whose event count does not match"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(first, last, "ignoring an unreadable stored batch: {e}");
+                        continue;
+                    }
+                };
+                for (seq, event) in (first..).zip(events) {
+                    let size = event.size();
+                    window.push_back((seq, size));
+                    bytes_total += size;
+                    loaded.events.push(event);
+                }
+                next_seq = next_seq.max(last + 1);
             }
             let mut stmt = conn.prepare(
                 "SELECT source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry, source FROM records ORDER BY changed_at",
@@ -261,14 +343,14 @@ impl Disk {
             max_events: max_events.max(1),
             max_bytes: max_bytes.max(1),
             window,
-            bytes,
+            bytes: bytes_total,
             next_seq,
         };
         // Limits may have been lowered since the last run.
         let trimmed = disk.trim_plan();
         if let Some(upto) = trimmed {
             disk.conn
-                .execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
+                .execute("DELETE FROM batches WHERE last_seq <= ?1", [upto])?;
             let keep = loaded.events.len() - disk.window.len();
             loaded.events.drain(..keep);
         }
@@ -321,35 +403,24 @@ impl Disk {
         let (window, bytes) = (&mut self.window, &mut self.bytes);
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (seq, id, topics, type, data, private, retry, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO batches (seq, last_seq, events) VALUES (?1, ?2, ?3)",
             )?;
             let mut upsert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            // Each event's topics as stored, by request, for the records' last events.
-            let mut topics: Vec<Vec<String>> = Vec::with_capacity(group.len());
             for request in group {
-                let mut texts = Vec::with_capacity(request.events.len());
-                for e in request.events {
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    let text = topics_text(&e.topics);
-                    insert.execute(params![
-                        seq,
-                        e.id,
-                        text,
-                        e.event_type,
-                        e.data,
-                        e.private as i64,
-                        e.retry.map(|r| r as i64),
-                        e.source
-                    ])?;
-                    texts.push(text);
-                    let size = event_size(&e.id, &e.data);
-                    window.push_back((seq, size));
-                    *bytes += size;
+                if request.events.is_empty() {
+                    continue;
                 }
-                topics.push(texts);
+                let first = self.next_seq;
+                for e in request.events {
+                    let size = event_size(&e.id, &e.data);
+                    window.push_back((self.next_seq, size));
+                    *bytes += size;
+                    self.next_seq += 1;
+                }
+                let blob = super::batch::encode(request.events);
+                insert.execute(params![first, self.next_seq - 1, blob])?;
             }
             // A record changed by several requests of the group is written once, in the
             // state the last of them left it: the transaction is atomic, so the states
@@ -365,20 +436,18 @@ impl Disk {
                     if last_write.get(&(request.source, r.key.as_str())) != Some(&(g, i)) {
                         continue;
                     }
-                    let last = r
-                        .event
-                        .and_then(|i| request.events.get(i).zip(topics[g].get(i)));
+                    let last = r.event.and_then(|i| request.events.get(i));
                     upsert.execute(params![
                         request.source,
                         r.key,
                         r.state_json,
                         request.changed_at as i64,
-                        last.map(|(e, _)| e.id.as_str()),
-                        last.map(|(_, t)| t.as_str()),
-                        last.and_then(|(e, _)| e.event_type.as_deref()),
-                        last.map(|(e, _)| e.data.as_str()),
-                        last.map(|(e, _)| e.private as i64),
-                        last.and_then(|(e, _)| e.retry.map(|r| r as i64)),
+                        last.map(|e| e.id.as_str()),
+                        last.map(|e| topics_text(&e.topics)),
+                        last.and_then(|e| e.event_type.as_deref()),
+                        last.map(|e| e.data.as_str()),
+                        last.map(|e| e.private as i64),
+                        last.and_then(|e| e.retry.map(|r| r as i64)),
                     ])?;
                 }
             }
@@ -399,7 +468,7 @@ impl Disk {
             }
         }
         if let Some(upto) = upto {
-            tx.prepare_cached("DELETE FROM events WHERE seq <= ?1")?
+            tx.prepare_cached("DELETE FROM batches WHERE last_seq <= ?1")?
                 .execute([upto])?;
         }
         tx.commit()?;
@@ -491,5 +560,121 @@ mod tests {
             (last.data.as_str(), last.topics.clone()),
             ("second", vec!["r/1".to_string()])
         );
+    }
+
+    fn request<'a>(events: &'a [EventDraft]) -> GroupWrite<'a> {
+        GroupWrite {
+            source: "s",
+            events,
+            records: &[],
+            changed_at: 1,
+        }
+    }
+
+    fn drafts(from: usize, n: usize) -> Vec<EventDraft> {
+        (from..from + n)
+            .map(|i| EventDraft::new(vec![format!("t/{i}")], format!("e{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_trimmed_in_part_reads_back_without_its_trimmed_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let (mut disk, _) = Disk::open(&path, 150, 1 << 20).unwrap();
+        let (first, second) = (drafts(0, 100), drafts(100, 100));
+        disk.commit_group(&[request(&first)], &[]).unwrap();
+        disk.commit_group(&[request(&second)], &[]).unwrap();
+        assert_eq!(disk.retained(), 150);
+        drop(disk);
+
+        let (mut disk, loaded) = Disk::open(&path, 150, 1 << 20).unwrap();
+        let data: Vec<String> = loaded.events.iter().map(|e| e.data.clone()).collect();
+        let expected: Vec<String> = (50..200).map(|i| format!("e{i}")).collect();
+        assert_eq!(data, expected);
+        // Sequence numbers go on after the stored ones: the first batch leaves once its
+        // last event is trimmed, and the history still reads back in order.
+        let third = drafts(200, 100);
+        disk.commit_group(&[request(&third)], &[]).unwrap();
+        drop(disk);
+        let (_, loaded) = Disk::open(&path, 150, 1 << 20).unwrap();
+        let data: Vec<String> = loaded.events.iter().map(|e| e.data.clone()).collect();
+        let expected: Vec<String> = (150..300).map(|i| format!("e{i}")).collect();
+        assert_eq!(data, expected);
+        let conn = Connection::open(&path).unwrap();
+        let batches: i64 = conn
+            .query_row("SELECT count(*) FROM batches", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            batches, 2,
+            "the first batch is deleted, the second kept in part"
+        );
+    }
+
+    #[test]
+    fn a_history_of_one_row_per_event_is_moved_into_batches_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        {
+            // The table as earlier versions wrote it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE events (
+                   seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topics TEXT NOT NULL, type TEXT,
+                   data TEXT NOT NULL, private INTEGER NOT NULL, retry INTEGER, source TEXT NOT NULL);",
+            )
+            .unwrap();
+            for seq in 41..=290_i64 {
+                conn.execute(
+                    "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        seq,
+                        format!("id-{seq}"),
+                        format!(r#"["t/{seq}","t"]"#),
+                        (seq % 2 == 0).then_some("intervention"),
+                        format!("data {seq}"),
+                        (seq % 3 == 0) as i64,
+                        (seq % 5 == 0).then_some(seq),
+                        "cerema"
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let (mut disk, loaded) = Disk::open(&path, 1000, 1 << 20).unwrap();
+        assert_eq!(loaded.events.len(), 250);
+        let e = &loaded.events[9];
+        assert_eq!(
+            e,
+            &DiskEvent {
+                id: "id-50".into(),
+                topics: vec!["t/50".into(), "t".into()],
+                event_type: Some("intervention".into()),
+                data: "data 50".into(),
+                private: false,
+                retry: Some(50),
+                source: "cerema".into(),
+            }
+        );
+        let next = drafts(0, 1);
+        disk.commit_group(&[request(&next)], &[]).unwrap();
+        drop(disk);
+        let conn = Connection::open(&path).unwrap();
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the old table is dropped");
+        let last: i64 = conn
+            .query_row("SELECT max(last_seq) FROM batches", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(last, 291, "numbering goes on after the moved events");
+        drop(conn);
+        let (_, loaded) = Disk::open(&path, 1000, 1 << 20).unwrap();
+        assert_eq!(loaded.events.len(), 251);
+        assert_eq!(loaded.events[250].data, "e0");
     }
 }

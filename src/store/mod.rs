@@ -15,6 +15,7 @@
 //! events matching a subscription with a `lastEventID` consistent with the stream. One
 //! test suite (`tests/store_contract.rs`) runs against all three.
 
+pub mod batch;
 pub mod disk;
 pub mod local;
 pub mod presence_disk;
