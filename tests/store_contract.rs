@@ -543,16 +543,13 @@ async fn records_evicted_under_concurrent_deliveries_stay_on_disk_while_memory_h
         }
         // Every request is answered, so every group is committed and applied.
         let held = store.load_records("s", &all).await.unwrap();
+        let stored = relais::store::disk::read_records(&db).unwrap();
         for (key, state) in &held {
-            let stored: Option<String> = db
-                .query_row(
-                    "SELECT state FROM records WHERE source = 's' AND key = ?1",
-                    [key],
-                    |r| r.get(0),
-                )
-                .ok();
-            let stored: Option<StoredRecord> = stored.map(|s| serde_json::from_str(&s).unwrap());
-            assert_eq!(stored.as_ref(), Some(state), "burst {burst}, record {key}");
+            let stored = stored
+                .iter()
+                .find(|(s, k, _)| s == "s" && k == key)
+                .map(|(_, _, r)| &r.state);
+            assert_eq!(stored, Some(state), "burst {burst}, record {key}");
         }
     }
 }

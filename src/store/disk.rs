@@ -7,24 +7,34 @@
 //! per second than redb with immediate durability, with the same guarantee: a committed
 //! transaction survives `kill -9` and power loss, an interrupted one leaves nothing.
 //!
-//! Tables: `batches` (the retained history: one row per request, its events compressed
-//! together, see [`super::batch`]) and `records` (the state and last event of each
-//! record). The history is trimmed in the transaction that grows it, by count
-//! (`hub.history_size`) and bytes (`hub.history_bytes`), as the hub's: a batch is deleted
-//! once its last event is trimmed, and the events of a batch trimmed in part are dropped
-//! again when it is read back. Databases of earlier versions kept one row per event in
-//! `events`: opening one moves those rows into `batches`, once.
+//! Tables (their compressed rows are in [`super::rows`]):
+//! - `batches`: the retained history, one row per request, its events compressed
+//!   together. The history is trimmed in the transaction that grows it, by count
+//!   (`hub.history_size`) and bytes (`hub.history_bytes`), as the hub's: a batch is
+//!   deleted once its last event is trimmed, and the events of a batch trimmed in part
+//!   are dropped again when it is read back.
+//! - `record_log`: one row per group commit, the record states it wrote (and the records
+//!   it forgot), compressed together.
+//! - `records`: the state and last event of each record as of the last fold. Once the
+//!   log holds 4 MiB, it is folded into the table in the group's own transaction,
+//!   so a record changed by every request is rewritten in place once per fold instead of
+//!   once per group. Opening the database folds what the log still holds.
+//!
+//! Databases of earlier versions kept one row per event in `events`: opening one moves
+//! those rows into `batches`, once.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rows::{ChangeRef, RecordChange};
+
 use crate::hub::history::event_size;
 use crate::hub::EventDraft;
 use crate::ingest::record::StoredRecord;
 
-/// An event as stored. Field order matters: [`super::batch`] encodes by position.
+/// An event as stored. Field order matters: [`super::rows`] encodes by position.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct DiskEvent {
     /// Event ID.
@@ -142,6 +152,10 @@ pub struct Disk {
     window: VecDeque<(i64, usize)>,
     bytes: usize,
     next_seq: i64,
+    /// Bytes in `record_log`, not yet folded into `records`.
+    log_bytes: usize,
+    /// The log is folded once it holds this many bytes ([`FOLD_BYTES`]; lower in tests).
+    fold_bytes: usize,
 }
 
 /// Pops the oldest events beyond the limits (keeping the newest); returns the last
@@ -165,6 +179,7 @@ fn trim(
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS batches (
   seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, events BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS record_log (seq INTEGER PRIMARY KEY, changes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
   source TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, changed_at INTEGER NOT NULL,
   last_id TEXT, last_topics TEXT, last_type TEXT, last_data TEXT, last_private INTEGER,
@@ -173,6 +188,173 @@ CREATE TABLE IF NOT EXISTS records (
 
 fn topics_text(topics: &[String]) -> String {
     serde_json::to_string(topics).unwrap_or_else(|_| "[]".into())
+}
+
+/// `record_log` is folded into `records` once it holds this many bytes: a record changed
+/// by every group is rewritten in place once per fold, not once per group, and a start
+/// replays at most this much.
+const FOLD_BYTES: usize = 16 << 20;
+
+/// A record as the `records` table and the log hold it, its state still encoded.
+struct RawRecord {
+    state: String,
+    changed_at: u64,
+    last: Option<DiskEvent>,
+}
+
+/// Hands the changes logged in `record_log` to `apply`, oldest first, each group's in
+/// its order.
+fn replay_log(conn: &Connection, mut apply: impl FnMut(RecordChange)) -> Result<(), DiskError> {
+    let mut stmt = conn.prepare_cached("SELECT seq, changes FROM record_log ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    for row in rows {
+        let (seq, bytes) = row?;
+        match super::rows::decode_changes(&bytes) {
+            Ok(group) => group.into_iter().for_each(&mut apply),
+            Err(e) => tracing::warn!(
+                seq,
+                "ignoring an unreadable logged group of record changes: {e}"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Applies the logged changes to `records` and empties the log, in the caller's
+/// transaction.
+fn fold(tx: &rusqlite::Transaction<'_>) -> Result<(), DiskError> {
+    let mut latest: HashMap<(String, String), Option<RawRecord>> = HashMap::new();
+    replay_log(tx, |change| {
+        match change {
+            RecordChange::Put {
+                source,
+                key,
+                state,
+                changed_at,
+                last,
+            } => latest.insert(
+                (source, key),
+                Some(RawRecord {
+                    state,
+                    changed_at,
+                    last,
+                }),
+            ),
+            RecordChange::Forget { source, key } => latest.insert((source, key), None),
+        };
+    })?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
+    for ((source, key), record) in &latest {
+        match record {
+            Some(r) => {
+                let last = r.last.as_ref();
+                upsert.execute(params![
+                    source,
+                    key,
+                    r.state,
+                    r.changed_at as i64,
+                    last.map(|e| e.id.as_str()),
+                    last.map(|e| topics_text(&e.topics)),
+                    last.and_then(|e| e.event_type.as_deref()),
+                    last.map(|e| e.data.as_str()),
+                    last.map(|e| e.private as i64),
+                    last.and_then(|e| e.retry.map(|r| r as i64)),
+                ])?;
+            }
+            None => {
+                delete.execute(params![source, key])?;
+            }
+        }
+    }
+    tx.execute("DELETE FROM record_log", [])?;
+    Ok(())
+}
+
+/// Every stored record (the `records` table with the log's changes applied, without
+/// writing), least recently changed first. Read-only, so a test can compare a running
+/// store's database with its memory.
+pub fn read_records(conn: &Connection) -> Result<Vec<(String, String, DiskRecord)>, DiskError> {
+    // One read transaction: a fold between reading the table and reading the log would
+    // otherwise lose the folded changes.
+    let tx = conn.unchecked_transaction()?;
+    let conn: &Connection = &tx;
+    let mut all: HashMap<(String, String), RawRecord> = HashMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry FROM records",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let source = r.get::<_, String>(0)?;
+            let last = match r.get::<_, Option<String>>(4)? {
+                Some(id) => Some(DiskEvent {
+                    id,
+                    topics: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                    event_type: r.get(6)?,
+                    data: r.get(7)?,
+                    private: r.get::<_, i64>(8)? != 0,
+                    retry: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+                    // A record's events come from its own source.
+                    source: source.clone(),
+                }),
+                None => None,
+            };
+            Ok((
+                (source, r.get::<_, String>(1)?),
+                RawRecord {
+                    state: r.get(2)?,
+                    changed_at: r.get::<_, i64>(3)?.max(0) as u64,
+                    last,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (key, record) = row?;
+            all.insert(key, record);
+        }
+    }
+    replay_log(conn, |change| match change {
+        RecordChange::Put {
+            source,
+            key,
+            state,
+            changed_at,
+            last,
+        } => {
+            all.insert(
+                (source, key),
+                RawRecord {
+                    state,
+                    changed_at,
+                    last,
+                },
+            );
+        }
+        RecordChange::Forget { source, key } => {
+            all.remove(&(source, key));
+        }
+    })?;
+    let mut records = Vec::with_capacity(all.len());
+    for ((source, key), raw) in all {
+        match serde_json::from_str::<StoredRecord>(&raw.state) {
+            Ok(state) => records.push((
+                source,
+                key,
+                DiskRecord {
+                    state,
+                    last: raw.last,
+                    changed_at: raw.changed_at,
+                },
+            )),
+            Err(e) => {
+                tracing::warn!(%source, record = %key, "ignoring an unreadable record state: {e}")
+            }
+        }
+    }
+    records.sort_by_key(|(_, _, r)| r.changed_at);
+    Ok(records)
 }
 
 /// The most events one migrated batch holds.
@@ -231,7 +413,7 @@ fn migrate_events(conn: &Connection) -> Result<(), DiskError> {
             tx.prepare("INSERT INTO batches (seq, last_seq, events) VALUES (?1, ?2, ?3)")?;
         for (first, events) in &runs {
             let last = first + events.len() as i64 - 1;
-            insert.execute(params![first, last, super::batch::encode(events)])?;
+            insert.execute(params![first, last, super::rows::encode(events)])?;
         }
     }
     tx.execute_batch("DROP TABLE events")?;
@@ -272,7 +454,7 @@ impl Disk {
             })?;
             for row in rows {
                 let (first, last, bytes) = row?;
-                let events = match super::batch::decode(&bytes) {
+                let events = match super::rows::decode(&bytes) {
                     Ok(events) if events.len() as i64 == last - first + 1 => events,
                     Ok(events) => {
                         tracing::warn!(
@@ -296,47 +478,13 @@ impl Disk {
                 }
                 next_seq = next_seq.max(last + 1);
             }
-            let mut stmt = conn.prepare(
-                "SELECT source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry, source FROM records ORDER BY changed_at",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                let last = match r.get::<_, Option<String>>(4)? {
-                    Some(id) => Some(DiskEvent {
-                        id,
-                        topics: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
-                        event_type: r.get(6)?,
-                        data: r.get(7)?,
-                        private: r.get::<_, i64>(8)? != 0,
-                        retry: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-                        source: r.get(10)?,
-                    }),
-                    None => None,
-                };
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    last,
-                ))
-            })?;
-            for row in rows {
-                let (source, key, state, changed_at, last) = row?;
-                match serde_json::from_str::<StoredRecord>(&state) {
-                    Ok(state) => loaded.records.push((
-                        source,
-                        key,
-                        DiskRecord {
-                            state,
-                            last,
-                            changed_at: changed_at.max(0) as u64,
-                        },
-                    )),
-                    Err(e) => {
-                        tracing::warn!(%source, record = %key, "ignoring an unreadable record state: {e}")
-                    }
-                }
-            }
+        }
+        loaded.records = read_records(&conn)?;
+        let log_rows: i64 = conn.query_row("SELECT count(*) FROM record_log", [], |r| r.get(0))?;
+        if log_rows > 0 {
+            let tx = conn.unchecked_transaction()?;
+            fold(&tx)?;
+            tx.commit()?;
         }
         let mut disk = Self {
             conn,
@@ -345,6 +493,8 @@ impl Disk {
             window,
             bytes: bytes_total,
             next_seq,
+            log_bytes: 0,
+            fold_bytes: FOLD_BYTES,
         };
         // Limits may have been lowered since the last run.
         let trimmed = disk.trim_plan();
@@ -401,12 +551,10 @@ impl Disk {
     ) -> Result<(), DiskError> {
         let tx = self.conn.transaction()?;
         let (window, bytes) = (&mut self.window, &mut self.bytes);
+        let mut log_bytes = self.log_bytes;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO batches (seq, last_seq, events) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut upsert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for request in group {
                 if request.events.is_empty() {
@@ -419,7 +567,7 @@ impl Disk {
                     *bytes += size;
                     self.next_seq += 1;
                 }
-                let blob = super::batch::encode(request.events);
+                let blob = super::rows::encode(request.events);
                 insert.execute(params![first, self.next_seq - 1, blob])?;
             }
             // A record changed by several requests of the group is written once, in the
@@ -431,32 +579,30 @@ impl Disk {
                     last_write.insert((request.source, r.key.as_str()), (g, i));
                 }
             }
+            let mut changes = Vec::new();
             for (g, request) in group.iter().enumerate() {
                 for (i, r) in request.records.iter().enumerate() {
-                    if last_write.get(&(request.source, r.key.as_str())) != Some(&(g, i)) {
-                        continue;
+                    if last_write.get(&(request.source, r.key.as_str())) == Some(&(g, i)) {
+                        changes.push(ChangeRef::Put {
+                            source: request.source,
+                            key: &r.key,
+                            state: &r.state_json,
+                            changed_at: request.changed_at,
+                            last: r.event.and_then(|i| request.events.get(i)),
+                        });
                     }
-                    let last = r.event.and_then(|i| request.events.get(i));
-                    upsert.execute(params![
-                        request.source,
-                        r.key,
-                        r.state_json,
-                        request.changed_at as i64,
-                        last.map(|e| e.id.as_str()),
-                        last.map(|e| topics_text(&e.topics)),
-                        last.and_then(|e| e.event_type.as_deref()),
-                        last.map(|e| e.data.as_str()),
-                        last.map(|e| e.private as i64),
-                        last.and_then(|e| e.retry.map(|r| r as i64)),
-                    ])?;
                 }
             }
-            let mut delete =
-                tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
             for (source, key) in forget {
                 if !last_write.contains_key(&(source.as_str(), key.as_str())) {
-                    delete.execute(params![source, key])?;
+                    changes.push(ChangeRef::Forget { source, key });
                 }
+            }
+            if !changes.is_empty() {
+                let blob = super::rows::encode_changes(&changes);
+                log_bytes += blob.len();
+                tx.prepare_cached("INSERT INTO record_log (changes) VALUES (?1)")?
+                    .execute([blob])?;
             }
         }
         let mut upto = None;
@@ -471,26 +617,18 @@ impl Disk {
             tx.prepare_cached("DELETE FROM batches WHERE last_seq <= ?1")?
                 .execute([upto])?;
         }
+        if log_bytes >= self.fold_bytes {
+            fold(&tx)?;
+            log_bytes = 0;
+        }
         tx.commit()?;
+        self.log_bytes = log_bytes;
         Ok(())
     }
 
     /// The number of retained events on disk (tests).
     pub fn retained(&self) -> usize {
         self.window.len()
-    }
-
-    /// Whether a record is stored (tests).
-    pub fn has_record(&self, source: &str, key: &str) -> Result<bool, DiskError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT 1 FROM records WHERE source = ?1 AND key = ?2",
-                params![source, key],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
     }
 }
 
@@ -676,5 +814,82 @@ mod tests {
         let (_, loaded) = Disk::open(&path, 1000, 1 << 20).unwrap();
         assert_eq!(loaded.events.len(), 251);
         assert_eq!(loaded.events[250].data, "e0");
+    }
+
+    fn rows_in(path: &Path, table: &str) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn states(loaded: &Loaded) -> Vec<(String, Option<String>)> {
+        let mut states: Vec<_> = loaded
+            .records
+            .iter()
+            .map(|(_, k, r)| {
+                let v = r.state.values["v"].as_str().map(str::to_string);
+                (k.clone(), v)
+            })
+            .collect();
+        states.sort();
+        states
+    }
+
+    #[test]
+    fn record_changes_and_evictions_survive_through_the_log_and_its_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let events = [EventDraft::new(vec!["r".into()], "e")];
+        let write = |disk: &mut Disk, rows: &[RecordRow], forget: &[(String, String)]| {
+            let group = [GroupWrite {
+                source: "s",
+                events: &events,
+                records: rows,
+                changed_at: 1,
+            }];
+            disk.commit_group(&group, forget).unwrap();
+        };
+        let forget = |key: &str| [("s".to_string(), key.to_string())];
+        write(
+            &mut disk,
+            &[row("1", "a", Some(0)), row("2", "a", None)],
+            &[],
+        );
+        write(&mut disk, &[row("1", "b", Some(0))], &forget("2"));
+        write(&mut disk, &[row("3", "a", None)], &[]);
+        write(&mut disk, &[], &forget("3"));
+        write(&mut disk, &[row("3", "c", None)], &[]);
+        assert_eq!(rows_in(&path, "records"), 0, "nothing folded yet");
+        // Read back from the log alone, without writing.
+        let conn = Connection::open(&path).unwrap();
+        let read = Loaded {
+            records: read_records(&conn).unwrap(),
+            ..Loaded::default()
+        };
+        let expected = vec![
+            ("1".to_string(), Some("b".to_string())),
+            ("3".to_string(), Some("c".to_string())),
+        ];
+        assert_eq!(states(&read), expected);
+        // The next group folds: the table holds the same, the log is empty.
+        disk.fold_bytes = 1;
+        write(&mut disk, &[], &forget("1"));
+        assert_eq!(rows_in(&path, "record_log"), 0);
+        assert_eq!(rows_in(&path, "records"), 1);
+        write(&mut disk, &[row("4", "d", Some(0))], &[]);
+        drop(disk);
+
+        // A start reads the table and the log, then folds what the log held.
+        let (_, loaded) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let expected = vec![
+            ("3".to_string(), Some("c".to_string())),
+            ("4".to_string(), Some("d".to_string())),
+        ];
+        assert_eq!(states(&loaded), expected);
+        let four = loaded.records.iter().find(|(_, k, _)| k == "4").unwrap();
+        assert_eq!(four.2.last.as_ref().map(|e| e.data.as_str()), Some("e"));
+        assert_eq!(rows_in(&path, "record_log"), 0);
+        assert_eq!(rows_in(&path, "records"), 2);
     }
 }

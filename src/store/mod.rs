@@ -15,13 +15,13 @@
 //! events matching a subscription with a `lastEventID` consistent with the stream. One
 //! test suite (`tests/store_contract.rs`) runs against all three.
 
-pub mod batch;
 pub mod disk;
 pub mod local;
 pub mod presence_disk;
 pub mod presence_redis;
 pub mod records;
 pub mod redis;
+pub mod rows;
 
 use std::collections::HashMap;
 use std::sync::Arc;
