@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         );
         // A normalized date-time fed back as text decodes to itself.
         if let Value::String(at) = &row.mapped.updated_at {
-            let mut fields = row.fields.clone();
+            let mut fields = (*row.fields).clone();
             fields.insert("Derniere_MAJ".into(), Value::String(at.clone()));
             let again = grist::normalize(0, &fields, &source.mapping).expect("a normalized row");
             assert_eq!(&again.updated_at, &row.mapped.updated_at);
