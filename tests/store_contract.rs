@@ -553,3 +553,47 @@ async fn records_evicted_under_concurrent_deliveries_stay_on_disk_while_memory_h
         }
     }
 }
+
+#[tokio::test]
+async fn a_new_redis_instance_loads_the_newest_history_from_entries_of_every_size() {
+    // Each request is one stream entry: two webhooks of 100 events, then 120 single
+    // publishes (more than a page of entries). A later instance must read back entries
+    // until it holds the newest `history_size` events, whatever their grouping.
+    let server = RedisServer::start();
+    let shutdown = CancellationToken::new();
+    let mut config = Config::default();
+    config.redis.url = Some(relais::config::Secret::new(server.url()));
+    config.hub.history_size = 150;
+    let hub_a = Arc::new(Hub::new(150, 16));
+    let a = Store::open(&config, hub_a.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    for batch in 0..2 {
+        let keys: Vec<String> = (0..100).map(|k| format!("{batch}-{k}")).collect();
+        let plan = increment_all("s", keys.clone());
+        a.ingest("s", &keys, &plan).await.unwrap();
+    }
+    for i in 0..120 {
+        let draft = EventDraft::new(vec!["t".into()], format!("single {i}"));
+        a.publish(draft).await.unwrap();
+    }
+    retained(&hub_a, 150).await;
+    let ids = |hub: &Hub| -> Vec<String> {
+        hub.attach(&ResumeFrom::Earliest)
+            .replay
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
+    };
+    let hub_b = Arc::new(Hub::new(150, 16));
+    let _b = Store::open(&config, hub_b.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!(hub_b.retained(), 150);
+    assert_eq!(ids(&hub_b), ids(&hub_a));
+    let first = hub_b.attach(&ResumeFrom::Earliest).replay[0]
+        .data
+        .to_string();
+    assert!(first.contains("\"key\":\"1-70\""), "{first}");
+    shutdown.cancel();
+}

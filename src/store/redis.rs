@@ -4,12 +4,18 @@
 //! - Committing runs one Lua script: it checks the fences of the record states the
 //!   batch was planned from and, for a Mercure publish, whether the event ID is already
 //!   used (same content: a retry, nothing done; other content: a conflict); then it
-//!   appends the events to a Redis stream (`XADD ... MAXLEN ~ history_size`) and writes
-//!   the record states (each with its last event, indexed in one set for snapshots).
-//!   A request is acknowledged only once Redis has applied the script.
+//!   appends the request's events to a Redis stream as one entry, encoded together as
+//!   the disk store encodes them ([`super::rows`]; `XADD ... MAXLEN ~ history_size`),
+//!   and writes the record states (each with its last event, indexed in one set for
+//!   snapshots). A request is acknowledged only once Redis has applied the script.
+//! - An instance plans its deliveries one at a time against the record states it
+//!   knows, but does not wait for Redis between them: several scripts are in flight on
+//!   its connection, each fenced on the states the one before it wrote.
 //! - Every instance runs a reader that loads the stream's tail into its hub at start
-//!   (so a fresh instance can resume anyone's `Last-Event-ID`), then follows the stream
-//!   with `XREAD BLOCK`. Stream order is the same for every instance, so histories agree.
+//!   (entries newest first until they hold `history_size` events, so a fresh instance
+//!   can resume anyone's `Last-Event-ID`), then follows the stream with `XREAD BLOCK`,
+//!   committing each reply's events to its hub together. Stream order is the same for
+//!   every instance, so histories agree.
 //! - A snapshot is one script too: the stream's last event and the indexed record states
 //!   are read at the same instant, so its `lastEventID` fits the states on any instance.
 //! - Outages: committing answers `StoreError::Unavailable` (HTTP 503) while Redis is
@@ -33,6 +39,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::disk::DiskEvent;
 use super::{
     Backend, Batch, Ingested, Known, PlanFn, Published, Snapshot, SnapshotRecord, StoreError,
 };
@@ -59,9 +66,10 @@ const COMMIT_SCRIPT: &str = r#"
 -- KEYS[1] stream, KEYS[2] record index. ARGV[1] maxlen, ARGV[2] publisher-id key prefix,
 -- ARGV[3] publisher-id ttl, ARGV[4] record-state ttl, ARGV[5] fences, ARGV[6] writes,
 -- ARGV[7] events; then the fences as (key, expected value) pairs ('' = absent), the
--- writes as (key, value) pairs, and the events, 8 fields each: id, content digest ('' =
--- relais-generated, not checked), topics (JSON), type, data, private, retry, source.
--- Everything or nothing happens.
+-- writes as (key, value) pairs, the events as (id, content digest ('' = relais-generated,
+-- not checked)) pairs, and last the events themselves, encoded together by relais: they
+-- are one stream entry ('i' the last event's ID, 'n' the number of events, 'b' the
+-- batch). Everything or nothing happens.
 local nf, nw, ne = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local writes_at = 8 + 2 * nf
 local events_at = writes_at + 2 * nw
@@ -72,7 +80,7 @@ for f = 0, nf - 1 do
   end
 end
 for e = 0, ne - 1 do
-  local b = events_at + e * 8
+  local b = events_at + e * 2
   if ARGV[b + 1] ~= '' then
     local known = redis.call('GET', ARGV[2] .. ARGV[b])
     if known == ARGV[b + 1] then
@@ -82,11 +90,12 @@ for e = 0, ne - 1 do
     end
   end
 end
-for e = 0, ne - 1 do
-  local b = events_at + e * 8
+if ne > 0 then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'i', ARGV[b], 't', ARGV[b + 2], 'y', ARGV[b + 3], 'd', ARGV[b + 4],
-    'p', ARGV[b + 5], 'r', ARGV[b + 6], 's', ARGV[b + 7])
+    'i', ARGV[events_at + (ne - 1) * 2], 'n', ne, 'b', ARGV[events_at + ne * 2])
+end
+for e = 0, ne - 1 do
+  local b = events_at + e * 2
   if ARGV[b + 1] ~= '' then
     redis.call('SET', ARGV[2] .. ARGV[b], ARGV[b + 1], 'EX', ARGV[3])
   end
@@ -146,16 +155,84 @@ enum Fenced {
 }
 
 /// A record state as kept in Redis: the state and the record's last event.
-#[derive(Debug, Serialize, Deserialize)]
+///
+/// Stored as [`RecordHead`] in JSON, a newline, then the last event's data as it is:
+/// the data (itself JSON, for webhook sources) is not escaped into a JSON string, which
+/// cost each delivery as much as encoding the event in the first place. Values written
+/// by earlier versions are one JSON object (the state flattened, with `last`), and are
+/// still read.
+#[derive(Debug, Deserialize)]
 struct RedisRecord {
     #[serde(flatten)]
     state: StoredRecord,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     last: Option<LastEvent>,
 }
 
+/// The part of a stored record before the newline.
+#[derive(Serialize, Deserialize)]
+struct RecordHead<'a> {
+    #[serde(borrow)]
+    state: std::borrow::Cow<'a, StoredRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<LastMeta>,
+}
+
+/// A record's last event but its data.
+#[derive(Serialize, Deserialize)]
+struct LastMeta {
+    id: String,
+    topics: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_type: Option<String>,
+    #[serde(default)]
+    private: bool,
+}
+
+impl RedisRecord {
+    /// The stored value of a record's state and last event.
+    fn encode(
+        state: &StoredRecord,
+        last: Option<&EventDraft>,
+    ) -> Result<String, serde_json::Error> {
+        let head = RecordHead {
+            state: std::borrow::Cow::Borrowed(state),
+            last: last.map(|d| LastMeta {
+                id: d.id.clone(),
+                topics: d.topics.clone(),
+                event_type: d.event_type.clone(),
+                private: d.private,
+            }),
+        };
+        let mut text = serde_json::to_string(&head)?;
+        text.push('\n');
+        if let Some(d) = last {
+            text.push_str(&d.data);
+        }
+        Ok(text)
+    }
+
+    /// Reads a stored value back (either form).
+    fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        let Some((head, data)) = text.split_once('\n') else {
+            return serde_json::from_str(text);
+        };
+        let head: RecordHead<'_> = serde_json::from_str(head)?;
+        Ok(RedisRecord {
+            state: head.state.into_owned(),
+            last: head.last.map(|m| LastEvent {
+                id: m.id,
+                topics: m.topics,
+                event_type: m.event_type,
+                data: data.to_string(),
+                private: m.private,
+            }),
+        })
+    }
+}
+
 /// A record's last event, for snapshots.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct LastEvent {
     id: String,
     topics: Vec<String>,
@@ -383,19 +460,14 @@ impl RedisStore {
             invocation.arg(key).arg(value);
         }
         for d in drafts {
-            invocation
-                .arg(&d.id)
-                .arg(if checked {
-                    content_digest(d)
-                } else {
-                    String::new()
-                })
-                .arg(serde_json::to_string(&d.topics).unwrap_or_else(|_| "[]".into()))
-                .arg(d.event_type.as_deref().unwrap_or(""))
-                .arg(&d.data)
-                .arg(if d.private { "1" } else { "0" })
-                .arg(d.retry.map(|r| r.to_string()).unwrap_or_default())
-                .arg(&d.source);
+            invocation.arg(&d.id).arg(if checked {
+                content_digest(d)
+            } else {
+                String::new()
+            });
+        }
+        if !drafts.is_empty() {
+            invocation.arg(super::rows::encode(drafts));
         }
         let mut conn = self.conn.clone();
         let result =
@@ -456,7 +528,7 @@ impl RedisStore {
         let mut fence = Vec::with_capacity(keys.len());
         for ((key, redis_key), value) in keys.iter().zip(redis_keys).zip(raw) {
             if let Some(text) = &value {
-                match serde_json::from_str::<RedisRecord>(text) {
+                match RedisRecord::decode(text) {
                     Ok(record) => {
                         known.insert(key.clone(), record.state);
                     }
@@ -470,16 +542,25 @@ impl RedisStore {
         Ok((known, fence))
     }
 
+    /// Plans a delivery against the record states this instance knows and commits it.
+    ///
+    /// The cache's lock is held while the delivery plans and until its script is queued
+    /// on the connection, not while Redis answers: the next delivery plans against the
+    /// states this one wrote (put in the cache before the answer) and its script follows
+    /// on the same connection, so several deliveries are in flight at once. Redis runs
+    /// the scripts in that order, and each checks the fences of the states it planned
+    /// from: if an earlier one failed, or another instance changed a record meanwhile,
+    /// the later ones find their fences changed and plan again from Redis.
     async fn ingest_batch(
         &self,
         source: &str,
         keys: &[String],
         plan: &PlanFn<'_>,
     ) -> Result<Ingested, StoreError> {
-        let mut cache = self.known.lock().await;
         let redis_keys: Vec<String> = keys.iter().map(|k| self.state_key(source, k)).collect();
         let mut attempt = 0;
         loop {
+            let mut cache = self.known.lock().await;
             // Read only the records this instance does not know.
             let missing: Vec<String> = redis_keys
                 .iter()
@@ -489,7 +570,7 @@ impl RedisStore {
             let raw = self.get_many(&missing).await?;
             for (redis_key, value) in missing.into_iter().zip(raw) {
                 if let Some(text) = value {
-                    match serde_json::from_str::<RedisRecord>(&text) {
+                    match RedisRecord::decode(&text) {
                         Ok(record) => {
                             cache.put(redis_key, (text, record.state));
                         }
@@ -516,39 +597,31 @@ impl RedisStore {
             let Batch {
                 events, records, ..
             } = batch;
-            let mut states = Vec::with_capacity(records.len());
             let mut writes = Vec::with_capacity(records.len());
             for w in records {
-                let last = w.event.and_then(|i| events.get(i)).map(|d| LastEvent {
-                    id: d.id.clone(),
-                    topics: d.topics.clone(),
-                    event_type: d.event_type.clone(),
-                    data: d.data.clone(),
-                    private: d.private,
-                });
-                let record = RedisRecord {
-                    state: w.state,
-                    last,
-                };
-                if let Ok(json) = serde_json::to_string(&record) {
-                    writes.push((self.state_key(source, &w.key), json));
-                    states.push(record.state);
+                let last = w.event.and_then(|i| events.get(i));
+                if let Ok(text) = RedisRecord::encode(&w.state, last) {
+                    let redis_key = self.state_key(source, &w.key);
+                    cache.put(redis_key.clone(), (text.clone(), w.state));
+                    writes.push((redis_key, text));
                 }
             }
-            let committed = self.commit(&events, false, &fence, &writes).await;
+            let mut commit = std::pin::pin!(self.commit(&events, false, &fence, &writes));
+            // Polled once under the lock: the script joins the connection's queue in the
+            // order the deliveries planned.
+            let first = futures::poll!(commit.as_mut());
+            drop(cache);
+            let committed = match first {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => commit.await,
+            };
             match committed {
-                Ok(Fenced::Published | Fenced::Repeated) => {
-                    for ((redis_key, text), state) in writes.into_iter().zip(states) {
-                        cache.put(redis_key, (text, state));
-                    }
-                    return Ok(outcome);
-                }
+                Ok(Fenced::Published | Fenced::Repeated) => return Ok(outcome),
                 Ok(Fenced::Conflict) if attempt < MAX_CONFLICT_RETRIES => {
-                    // Another instance changed one of these records meanwhile.
+                    // Another instance, or a failed delivery this one planned after,
+                    // changed one of these records meanwhile.
                     attempt += 1;
-                    for redis_key in &redis_keys {
-                        cache.pop(redis_key);
-                    }
+                    self.forget_known(&redis_keys).await;
                     metrics::counter!("relais_ingest_conflicts_total", "source" => source.to_string())
                         .increment(1);
                     // A short random pause, so that racing deliveries do not collide again.
@@ -556,18 +629,25 @@ impl RedisStore {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Ok(Fenced::Conflict) => {
+                    self.forget_known(&redis_keys).await;
                     return Err(StoreError::Unavailable(
                         "records kept changing under concurrent deliveries; retry".into(),
-                    ))
+                    ));
                 }
                 Err(e) => {
                     // The commit may have been applied or not: read again next time.
-                    for redis_key in &redis_keys {
-                        cache.pop(redis_key);
-                    }
+                    self.forget_known(&redis_keys).await;
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Drops records from the cache: the next delivery reads them from Redis.
+    async fn forget_known(&self, redis_keys: &[String]) {
+        let mut cache = self.known.lock().await;
+        for redis_key in redis_keys {
+            cache.pop(redis_key);
         }
     }
 
@@ -588,7 +668,7 @@ impl RedisStore {
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| "earliest".into());
         let records = reply
-            .filter_map(|text| serde_json::from_str::<RedisRecord>(&text).ok()?.last)
+            .filter_map(|text| RedisRecord::decode(&text).ok()?.last)
             .filter(|last| subscription.permits(&last.topics, last.private))
             .map(|last| {
                 Arc::new(SnapshotRecord::new(
@@ -714,35 +794,91 @@ impl Backend for RedisStore {
     }
 }
 
-/// Loads the newest `history_size` entries into the hub, oldest first; returns the
-/// position to follow from.
+/// How many stream entries a start reads per request while loading the tail.
+const TAIL_PAGE: usize = 100;
+
+/// Loads the newest `history_size` events into the hub, oldest first; returns the
+/// position to follow from. An entry holds a whole request's events: the entries are
+/// read newest first, a page at a time, until they hold `history_size` events.
 async fn load_tail(
     conn: &mut ConnectionManager,
     keys: &RedisKeys,
     history_size: usize,
     hub: &Hub,
 ) -> redis::RedisResult<StreamPos> {
-    let reply: StreamRangeReply = conn
-        .xrevrange_count(&keys.stream, "+", "-", history_size)
-        .await?;
-    let mut last = StreamPos::default();
-    let loaded = reply.ids.len();
-    for entry in reply.ids.into_iter().rev() {
-        if let Some(p) = StreamPos::parse(&entry.id) {
-            last = p;
+    let mut pages: Vec<StreamId> = Vec::new();
+    let mut events = 0;
+    let mut before = "+".to_string();
+    while events < history_size {
+        let reply: StreamRangeReply = conn
+            .xrevrange_count(&keys.stream, &before, "-", TAIL_PAGE)
+            .await?;
+        let Some(oldest) = reply.ids.last() else {
+            break;
+        };
+        // The next page ends just before the oldest entry of this one.
+        before = format!("({}", oldest.id);
+        let full = reply.ids.len() == TAIL_PAGE;
+        for entry in reply.ids {
+            events += entry_events(&entry);
+            pages.push(entry);
         }
-        commit_entry(hub, entry);
+        if !full {
+            break;
+        }
     }
-    tracing::info!(events = loaded, "loaded history from the Redis stream");
+    let entries = pages.len();
+    let last = commit_entries(hub, pages.into_iter().rev()).unwrap_or_default();
+    tracing::info!(entries, "loaded history from the Redis stream");
     Ok(last)
 }
 
-/// Decodes one stream entry and commits it into the local hub.
-fn commit_entry(hub: &Hub, entry: StreamId) {
+/// How many events a stream entry holds (an entry of earlier versions holds one).
+fn entry_events(entry: &StreamId) -> usize {
+    let count = match entry.map.get("n") {
+        Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
+        Some(Value::SimpleString(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    count.and_then(|n| n.parse().ok()).unwrap_or(1)
+}
+
+/// Decodes stream entries and commits them into the local hub together (one lock, one
+/// wake-up per subscriber for the lot); returns the position of the last one.
+fn commit_entries(hub: &Hub, entries: impl Iterator<Item = StreamId>) -> Option<StreamPos> {
+    let mut last = None;
+    let mut drafts = Vec::new();
+    for entry in entries {
+        last = StreamPos::parse(&entry.id).or(last);
+        drafts.extend(drafts_of(entry));
+    }
+    for result in hub.commit_all(drafts) {
+        if let Err(e) = result {
+            tracing::warn!("skipping stream entry: {e}");
+        }
+    }
+    last
+}
+
+/// Decodes one stream entry: the events of one request (`b`, encoded as the disk store's
+/// rows), or one event field by field as earlier versions wrote them.
+fn drafts_of(entry: StreamId) -> Vec<EventDraft> {
     let StreamId {
         id: stream_id,
         mut map,
     } = entry;
+    if let Some(batch) = map.remove("b") {
+        let decoded = match batch {
+            Value::BulkString(bytes) => super::rows::decode(&bytes).ok(),
+            _ => None,
+        };
+        let Some(events) = decoded.filter(|events| events.iter().all(|e| !e.topics.is_empty()))
+        else {
+            tracing::warn!(%stream_id, "skipping an unreadable stream entry");
+            return Vec::new();
+        };
+        return events.into_iter().map(DiskEvent::into_draft).collect();
+    }
     // Take each field's bytes as they are (no copy when they are UTF-8, as relais writes).
     let mut text = |field: &str| -> String {
         match map.remove(field) {
@@ -755,10 +891,10 @@ fn commit_entry(hub: &Hub, entry: StreamId) {
     let topics: Vec<String> = serde_json::from_str(&text("t")).unwrap_or_default();
     if topics.is_empty() {
         tracing::warn!(%stream_id, "skipping a stream entry without topics");
-        return;
+        return Vec::new();
     }
     let event_type = Some(text("y")).filter(|t| !t.is_empty());
-    let draft = EventDraft {
+    vec![EventDraft {
         id: text("i"),
         topics,
         event_type,
@@ -766,10 +902,7 @@ fn commit_entry(hub: &Hub, entry: StreamId) {
         private: text("p") == "1",
         retry: text("r").parse().ok(),
         source: text("s"),
-    };
-    if let Err(e) = hub.commit(draft) {
-        tracing::warn!(%stream_id, "skipping stream entry: {e}");
-    }
+    }]
 }
 
 /// Follows the stream and feeds the local hub.
@@ -827,12 +960,8 @@ impl Reader {
                     }
                     backoff = Duration::from_millis(100);
                     for key in reply.map(|r| r.keys).unwrap_or_default() {
-                        for entry in key.ids {
-                            let position = StreamPos::parse(&entry.id);
-                            commit_entry(&self.hub, entry);
-                            if let Some(p) = position {
-                                self.position.send_replace(p);
-                            }
+                        if let Some(p) = commit_entries(&self.hub, key.ids.into_iter()) {
+                            self.position.send_replace(p);
                         }
                     }
                 }
@@ -869,6 +998,48 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_reads_back_in_its_new_form_and_in_the_form_of_earlier_versions() {
+        let state = StoredRecord {
+            values: Arc::new([("Statut".to_string(), serde_json::json!("Bloqué"))].into()),
+            version: Some(3),
+        };
+        let data = "{\"a\":\"x\\ny\",\n \"b\": 1}";
+        let event = EventDraft::new(vec!["i/1".into()], data).with_type("intervention");
+        let text = RedisRecord::encode(&state, Some(&event)).unwrap();
+        assert!(text.ends_with(data), "the data is kept as it is: {text}");
+        let back = RedisRecord::decode(&text).unwrap();
+        assert_eq!(back.state, state);
+        let last = back.last.unwrap();
+        assert_eq!(
+            (
+                last.id,
+                last.topics,
+                last.event_type,
+                last.data,
+                last.private
+            ),
+            (
+                event.id,
+                event.topics,
+                event.event_type,
+                data.to_string(),
+                false
+            )
+        );
+        let bare = RedisRecord::decode(&RedisRecord::encode(&state, None).unwrap()).unwrap();
+        assert_eq!((bare.state, bare.last.is_none()), (state.clone(), true));
+        // One JSON object, the state flattened, as earlier versions stored it.
+        let earlier = r#"{"values":{"Statut":"Bloqué"},"version":3,"last":{"id":"e1","topics":["i/1"],"data":"{\"a\":1}","private":true}}"#;
+        let back = RedisRecord::decode(earlier).unwrap();
+        assert_eq!(back.state, state);
+        let last = back.last.unwrap();
+        assert_eq!(
+            (last.id.as_str(), last.data.as_str(), last.private),
+            ("e1", "{\"a\":1}", true)
+        );
+    }
 
     #[test]
     fn stream_positions_order_and_urls_mask() {

@@ -1,5 +1,7 @@
 //! The compressed rows of the disk store: a request's events (`batches`) and a group's
 //! record changes (`record_log`), each one value instead of a row per event or record.
+//! The Redis store writes a request's events to its stream in the same encoding, one
+//! stream entry per request.
 //!
 //! Why: the events of one webhook repeat the same field names and most of their values,
 //! so a batch compresses about ten times where one event alone compresses about twice;
