@@ -202,19 +202,44 @@ struct RawRecord {
     last: Option<DiskEvent>,
 }
 
-/// Hands the changes logged in `record_log` to `apply`, oldest first, each group's in
-/// its order.
-fn replay_log(conn: &Connection, mut apply: impl FnMut(RecordChange)) -> Result<(), DiskError> {
+/// Each record's latest logged change: its new state, or `None` once forgotten.
+type Latest = HashMap<(String, String), Option<RawRecord>>;
+
+/// Applies the changes logged in `record_log` over `latest`, oldest first, each group's
+/// in its order.
+fn replay_log(conn: &Connection, latest: &mut Latest) -> Result<(), DiskError> {
     let mut stmt = conn.prepare_cached("SELECT seq, changes FROM record_log ORDER BY seq")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
     for row in rows {
         let (seq, bytes) = row?;
-        match super::rows::decode_changes(&bytes) {
-            Ok(group) => group.into_iter().for_each(&mut apply),
-            Err(e) => tracing::warn!(
-                seq,
-                "ignoring an unreadable logged group of record changes: {e}"
-            ),
+        let group = match super::rows::decode_changes(&bytes) {
+            Ok(group) => group,
+            Err(e) => {
+                tracing::warn!(
+                    seq,
+                    "ignoring an unreadable logged group of record changes: {e}"
+                );
+                continue;
+            }
+        };
+        for change in group {
+            match change {
+                RecordChange::Put {
+                    source,
+                    key,
+                    state,
+                    changed_at,
+                    last,
+                } => latest.insert(
+                    (source, key),
+                    Some(RawRecord {
+                        state,
+                        changed_at,
+                        last,
+                    }),
+                ),
+                RecordChange::Forget { source, key } => latest.insert((source, key), None),
+            };
         }
     }
     Ok(())
@@ -223,26 +248,8 @@ fn replay_log(conn: &Connection, mut apply: impl FnMut(RecordChange)) -> Result<
 /// Applies the logged changes to `records` and empties the log, in the caller's
 /// transaction.
 fn fold(tx: &rusqlite::Transaction<'_>) -> Result<(), DiskError> {
-    let mut latest: HashMap<(String, String), Option<RawRecord>> = HashMap::new();
-    replay_log(tx, |change| {
-        match change {
-            RecordChange::Put {
-                source,
-                key,
-                state,
-                changed_at,
-                last,
-            } => latest.insert(
-                (source, key),
-                Some(RawRecord {
-                    state,
-                    changed_at,
-                    last,
-                }),
-            ),
-            RecordChange::Forget { source, key } => latest.insert((source, key), None),
-        };
-    })?;
+    let mut latest = Latest::new();
+    replay_log(tx, &mut latest)?;
     let mut upsert = tx.prepare_cached(
         "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
@@ -281,7 +288,7 @@ pub fn read_records(conn: &Connection) -> Result<Vec<(String, String, DiskRecord
     // otherwise lose the folded changes.
     let tx = conn.unchecked_transaction()?;
     let conn: &Connection = &tx;
-    let mut all: HashMap<(String, String), RawRecord> = HashMap::new();
+    let mut all = Latest::new();
     {
         let mut stmt = conn.prepare(
             "SELECT source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry FROM records",
@@ -312,32 +319,13 @@ pub fn read_records(conn: &Connection) -> Result<Vec<(String, String, DiskRecord
         })?;
         for row in rows {
             let (key, record) = row?;
-            all.insert(key, record);
+            all.insert(key, Some(record));
         }
     }
-    replay_log(conn, |change| match change {
-        RecordChange::Put {
-            source,
-            key,
-            state,
-            changed_at,
-            last,
-        } => {
-            all.insert(
-                (source, key),
-                RawRecord {
-                    state,
-                    changed_at,
-                    last,
-                },
-            );
-        }
-        RecordChange::Forget { source, key } => {
-            all.remove(&(source, key));
-        }
-    })?;
+    replay_log(conn, &mut all)?;
     let mut records = Vec::with_capacity(all.len());
     for ((source, key), raw) in all {
+        let Some(raw) = raw else { continue };
         match serde_json::from_str::<StoredRecord>(&raw.state) {
             Ok(state) => records.push((
                 source,
