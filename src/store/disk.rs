@@ -16,9 +16,10 @@
 //! - `record_log`: one row per group commit, the record states it wrote (and the records
 //!   it forgot), compressed together.
 //! - `records`: the state and last event of each record as of the last fold. Once the
-//!   log holds 4 MiB, it is folded into the table in the group's own transaction,
-//!   so a record changed by every request is rewritten in place once per fold instead of
-//!   once per group. Opening the database folds what the log still holds.
+//!   log holds 16 MiB ([`FOLD_BYTES`]), it is folded into the table in the group's own
+//!   transaction, so a record changed by every request is rewritten in place once per
+//!   fold instead of once per group. Opening the database first folds what the log
+//!   still holds, then reads the table.
 //!
 //! Databases of earlier versions kept one row per event in `events`: opening one moves
 //! those rows into `batches`, once.
@@ -467,13 +468,14 @@ impl Disk {
                 next_seq = next_seq.max(last + 1);
             }
         }
-        loaded.records = read_records(&conn)?;
+        // Folded first, so the log is decoded once and the records read from the table.
         let log_rows: i64 = conn.query_row("SELECT count(*) FROM record_log", [], |r| r.get(0))?;
         if log_rows > 0 {
             let tx = conn.unchecked_transaction()?;
             fold(&tx)?;
             tx.commit()?;
         }
+        loaded.records = read_records(&conn)?;
         let mut disk = Self {
             conn,
             max_events: max_events.max(1),
