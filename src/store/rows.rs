@@ -25,10 +25,10 @@ const MAX_DECODED: usize = 256 << 20;
 /// Why a stored row could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
-    /// The size in front of the block is missing or beyond [`MAX_DECODED`].
+    /// The size in front of the block is beyond [`MAX_DECODED`].
     #[error("stored row announces an impossible size")]
     Size,
-    /// The LZ4 block is damaged.
+    /// The LZ4 block, or the size in front of it, is damaged.
     #[error("stored row does not decompress: {0}")]
     Decompress(#[from] lz4_flex::block::DecompressError),
     /// The decompressed bytes are not what the row holds.
@@ -129,12 +129,7 @@ fn compress<T: Serialize + ?Sized>(values: &T) -> Vec<u8> {
 }
 
 fn decompress<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RowError> {
-    let Some((size, block)) = bytes
-        .split_first_chunk::<4>()
-        .map(|(size, block)| (u32::from_le_bytes(*size) as usize, block))
-    else {
-        return Err(RowError::Size);
-    };
+    let (size, block) = lz4_flex::block::uncompressed_size(bytes)?;
     if size > MAX_DECODED {
         return Err(RowError::Size);
     }
