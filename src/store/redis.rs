@@ -172,7 +172,6 @@ struct RedisRecord {
 /// The part of a stored record before the newline.
 #[derive(Serialize, Deserialize)]
 struct RecordHead<'a> {
-    #[serde(borrow)]
     state: std::borrow::Cow<'a, StoredRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last: Option<LastMeta>,
@@ -829,7 +828,7 @@ async fn load_tail(
     }
     let entries = pages.len();
     let last = commit_entries(hub, pages.into_iter().rev()).unwrap_or_default();
-    tracing::info!(entries, "loaded history from the Redis stream");
+    tracing::info!(entries, events, "loaded history from the Redis stream");
     Ok(last)
 }
 
