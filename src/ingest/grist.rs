@@ -423,32 +423,19 @@ pub fn diff_row(
     // order, each side once.
     let (mut olds, mut news) = (previous.iter().peekable(), row.fields.iter().peekable());
     loop {
-        let (column, was, now) = match (olds.peek(), news.peek()) {
+        let order = match (olds.peek(), news.peek()) {
             (None, None) => break,
-            (Some(&(c, v)), None) => {
-                olds.next();
-                (c, Some(v), None)
-            }
-            (None, Some(&(c, v))) => {
-                news.next();
-                (c, None, Some(v))
-            }
-            (Some(&(a, was)), Some(&(b, now))) => match a.cmp(b) {
-                std::cmp::Ordering::Less => {
-                    olds.next();
-                    (a, Some(was), None)
-                }
-                std::cmp::Ordering::Greater => {
-                    news.next();
-                    (b, None, Some(now))
-                }
-                std::cmp::Ordering::Equal => {
-                    olds.next();
-                    news.next();
-                    (a, Some(was), Some(now))
-                }
-            },
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
         };
+        // The side holding the smaller column moves on; both do on the same column.
+        let was = if order.is_le() { olds.next() } else { None };
+        let now = if order.is_ge() { news.next() } else { None };
+        let Some(column) = was.or(now).map(|(c, _)| c) else {
+            break;
+        };
+        let (was, now) = (was.map(|(_, v)| v), now.map(|(_, v)| v));
         if was == now {
             continue;
         }
