@@ -3,8 +3,10 @@
 
 pub mod auth;
 pub mod error;
+pub mod feed;
 pub mod head;
 pub mod hooks;
+pub mod lean_stream;
 pub mod limits;
 pub mod ops;
 pub mod pages;

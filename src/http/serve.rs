@@ -1,12 +1,12 @@
 //! Serving connections: the accept loop.
 //!
 //! An HTTP/1.1 subscription (`GET /.well-known/mercure`) that passes every check takes a
-//! lean path: relais reads the request head itself, writes the response head and then
-//! the stream's bytes straight to the socket (the body ends when the connection closes,
-//! as HTTP/1.1 allows), one write per coalesced batch. A connection that is only a
-//! stream then costs its socket and a small task, not a general HTTP connection with its
-//! read and write buffers: this is what lets one process hold tens of thousands of idle
-//! subscribers.
+//! lean path: relais reads the request head itself, then writes the response head and
+//! the stream's bytes straight to the socket ([`super::lean_stream`]; the body ends when
+//! the connection closes, as HTTP/1.1 allows), one write per coalesced batch. A
+//! connection that is only a stream then costs its socket and a small task of its own,
+//! not a general HTTP connection with its read and write buffers: this is what lets one
+//! process hold tens of thousands of idle subscribers.
 //!
 //! Every other request, and every subscription that is refused (so every error answer),
 //! goes to hyper and the axum router with the bytes already read replayed first, so both
@@ -24,17 +24,18 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
-use futures::StreamExt;
+use futures::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::head::{self, Head, SubscribeRequest};
-use super::subscribe::{prepare, stream_headers};
+use super::lean_stream::LeanStream;
+use super::subscribe::prepare;
 use super::watchdog::{ConnectionControl, Tracked};
 use super::AppState;
 use crate::config::ServerConfig;
@@ -85,13 +86,18 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
         // it) instead of retransmitting for a quarter of an hour.
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(write_timeout));
-        let open = metrics::gauge!("relais_connections_open");
-        open.increment(1.0);
+        let slot = Slot::new(slot);
         let conn = connection(stream, router.clone(), app.clone(), builder.clone());
+        let streams = tracker.clone();
         tracker.spawn(async move {
-            conn.await;
-            open.decrement(1.0);
-            drop(slot);
+            match conn.await {
+                // A stream goes on in a task of its own, sized for the stream alone (not
+                // for every step of reading and checking the request), and this one ends.
+                Some(stream) => {
+                    streams.spawn(stream.map(move |()| drop(slot)));
+                }
+                None => drop(slot),
+            }
         });
     }
     drop(listener);
@@ -126,6 +132,30 @@ fn hyper_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     }
 }
 
+/// A connection's place under `server.max_connections`, counted in
+/// `relais_connections_open` until it is dropped with the connection.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: metrics::Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        let open = metrics::gauge!("relais_connections_open");
+        open.increment(1.0);
+        Self {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
 /// Counts connections refused at the cap and logs them without flooding the log.
 #[derive(Default)]
 struct RefusalLog {
@@ -152,28 +182,29 @@ impl RefusalLog {
     }
 }
 
-/// One connection: the lean stream path when it applies, else hyper.
+/// One connection: the lean stream path when it applies (returned, to be run as a task
+/// of its own), else hyper (served here).
 async fn connection(
     mut stream: TcpStream,
     router: Router,
     app: AppState,
     builder: Arc<auto::Builder<TokioExecutor>>,
-) {
+) -> Option<LeanStream> {
     let server = &app.config.server;
     let mut head = BytesMut::with_capacity(1024);
-    // Every long or large await of this task is boxed (the head read, `prepare`, the
-    // stream, hyper's connection): a future is as large as its largest state and a
-    // stream's task lives long, so an idle stream must not pay for the others.
+    // The large awaits of this task are boxed (the head read, `prepare`, hyper's
+    // connection): a future is as large as its largest state, and a connection served
+    // by hyper may live long. A stream leaves this task altogether (see `run`).
     let read = read_subscribe_head(&mut stream, &mut head, server.max_head_bytes);
     let request = match Box::pin(tokio::time::timeout(server.head_timeout, read)).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) if e.get_ref().is_some_and(|e| e.is::<HeadTooLarge>()) => {
             let _ = stream.write_all(HEAD_TOO_LARGE).await;
             let _ = stream.shutdown().await;
-            return;
+            return None;
         }
         // No complete head in time, or the client left: nothing to answer.
-        Ok(Err(_)) | Err(_) => return,
+        Ok(Err(_)) | Err(_) => return None,
     };
     if let Some(request) = request {
         // Refused requests fall through: hyper and the router answer them like any other.
@@ -184,11 +215,8 @@ async fn connection(
         ))
         .await;
         if let Ok(prepared) = prepared {
-            drop(head);
             let cors = cors_headers(&app.config.server.cors_origins, &request.headers);
-            drop(request);
-            Box::pin(stream_to_socket(stream, prepared, cors)).await;
-            return;
+            return Some(LeanStream::new(stream, prepared, &cors));
         }
     }
     let io = TokioIo::new(Prefixed {
@@ -231,6 +259,7 @@ async fn connection(
             let _ = conn.await;
         }
     }
+    None
 }
 
 /// The request head grew past `server.max_head_bytes` without ending.
@@ -272,149 +301,6 @@ fn cors_headers(allowed: &[String], headers: &HeaderMap) -> String {
     format!(
         "access-control-allow-origin: {origin}\r\naccess-control-allow-credentials: true\r\naccess-control-expose-headers: last-event-id, mercure-last-event-id\r\nvary: origin, access-control-request-method, access-control-request-headers\r\n"
     )
-}
-
-/// Writes the response head, then the stream, until it ends or the client leaves.
-///
-/// Each item of the stream is written with vectored writes of the shared frames (the
-/// head goes with the first item, neither is copied). A write that stays blocked longer
-/// than `server.write_timeout` ends the stream, and so does the token's expiry, even in
-/// the middle of a blocked write: a client that stops reading holds at most one chunk
-/// and its socket buffers.
-async fn stream_to_socket(
-    mut socket: TcpStream,
-    prepared: super::subscribe::Prepared,
-    cors: String,
-) {
-    use super::subscribe::EndReason;
-    let mut head = String::from("HTTP/1.1 200 OK\r\n");
-    for (name, value) in stream_headers(&prepared) {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str(&cors);
-    head.push_str("connection: close\r\n\r\n");
-    let super::subscribe::Prepared {
-        stream: mut events,
-        expires_at,
-        write_timeout,
-        end,
-        ..
-    } = prepared;
-    let mut pending = Some(Bytes::from(head));
-    // Small: it lives in every stream's task, and a client sends nothing on a stream.
-    let mut scratch = [0u8; 16];
-    loop {
-        tokio::select! {
-            item = events.next() => {
-                let Some(frames) = item else { break };
-                let head = pending.take();
-                // One deadline per write: the write timeout, or the token's expiry if it
-                // comes first. Boxed, so an idle connection's task holds no timer.
-                let limit = match expires_at {
-                    Some(at) => write_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
-                    None => write_timeout,
-                };
-                let written = Box::pin(tokio::time::timeout(
-                    limit,
-                    write_frames(&mut socket, head.as_ref(), &frames),
-                ))
-                .await;
-                let outcome = match written {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(EndReason::ClientGone),
-                    Err(_) if expires_at.is_some_and(|at| tokio::time::Instant::now() >= at) => {
-                        Err(EndReason::TokenExpired)
-                    }
-                    Err(_) => Err(EndReason::WriteTimeout),
-                };
-                if let Err(reason) = outcome {
-                    end.set(reason);
-                    break;
-                }
-            }
-            // The client closed (or sent something we do not expect on a stream).
-            ready = socket.readable() => {
-                if ready.is_err() {
-                    break;
-                }
-                match socket.try_read(&mut scratch) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    drop(events);
-    // Closing without waiting: a client that stopped reading must not hold this task.
-    drop(socket);
-}
-
-/// Most slices handed to one `writev`.
-const MAX_IOV: usize = 256;
-
-/// Writes `head` (if any) then every frame, with vectored writes of the shared bytes
-/// (nothing is copied or allocated per write).
-async fn write_frames(
-    socket: &mut TcpStream,
-    head: Option<&Bytes>,
-    frames: &[Bytes],
-) -> io::Result<()> {
-    let skip = usize::from(head.is_none());
-    let count = frames.len() + 1 - skip;
-    // Part 0 is the head, then the frames.
-    let part = |i: usize| -> &[u8] {
-        match (i + skip).checked_sub(1) {
-            None => head.map_or(&[][..], |h| h.as_ref()),
-            Some(f) => frames[f].as_ref(),
-        }
-    };
-    let (mut index, mut offset) = (0usize, 0usize);
-    let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
-    loop {
-        // Past what is written and past empty parts.
-        while index < count && offset == part(index).len() {
-            index += 1;
-            offset = 0;
-        }
-        if index == count {
-            return Ok(());
-        }
-        let mut n = 0;
-        for i in index..count {
-            if n == MAX_IOV {
-                break;
-            }
-            let bytes = if i == index {
-                &part(i)[offset..]
-            } else {
-                part(i)
-            };
-            if !bytes.is_empty() {
-                iov[n] = io::IoSlice::new(bytes);
-                n += 1;
-            }
-        }
-        let mut written = socket.write_vectored(&iov[..n]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let left = part(index).len() - offset;
-            if written >= left {
-                written -= left;
-                index += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
-        }
-    }
 }
 
 /// A connection whose first bytes were already read: they are read again first.
@@ -466,46 +352,5 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every byte of the head and the frames arrives, in order, across partial writes,
-    /// more frames than one `writev` takes, and empty frames.
-    #[tokio::test]
-    async fn write_frames_writes_everything_in_order() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let reader = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        let mut socket = TcpStream::connect(addr).await.unwrap();
-        let head = Bytes::from_static(b"HEAD\r\n\r\n");
-        let frames: Vec<Bytes> = (0..500)
-            .map(|i| match i % 7 {
-                0 => Bytes::new(),
-                _ => Bytes::from(format!("{i}:").repeat(i % 50 * 40 + 1)),
-            })
-            .collect();
-        let mut expected = head.to_vec();
-        frames.iter().for_each(|f| expected.extend_from_slice(f));
-        write_frames(&mut socket, Some(&head), &frames)
-            .await
-            .unwrap();
-        write_frames(&mut socket, None, &frames[..3]).await.unwrap();
-        write_frames(&mut socket, None, &[]).await.unwrap();
-        frames[..3]
-            .iter()
-            .for_each(|f| expected.extend_from_slice(f));
-        drop(socket);
-        let got = reader.await.unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected);
     }
 }

@@ -1,48 +1,36 @@
 //! `GET /.well-known/mercure`: the Server-Sent Events stream.
 //!
-//! The stream first sends `retry:` and the replayed history, then live events. The
-//! stream's items are lists of frames, each frame being the bytes encoded once at commit
-//! time and shared by every subscriber: the lean path writes them with one vectored write
-//! per item, never copying them. The replay is produced in chunks of at most
-//! [`MAX_CHUNK`] bytes as the socket takes them, never built whole. Live events come from
-//! the subscriber's own queue in the hub, which holds only the events it matches; what is
-//! queued when the task wakes is written together (coalescing).
+//! A request is checked (selectors, token, claims, resume point) and attached to the hub
+//! by [`prepare`]; what the stream then writes comes from its [`Feed`]: `retry:` and the
+//! replayed history, then live events and heartbeats, as lists of frames encoded once
+//! at commit time and shared by every subscriber. The lean path of [`super::serve`]
+//! writes them to the socket itself; the handler here gives them to hyper.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio::time::MissedTickBehavior;
+use futures::StreamExt;
 
 use super::auth::identify_for;
 use super::error::ApiError;
+use super::feed::{Feed, FeedParts, FeedStream, Session};
 use super::query::{QueryPairs, SelectorParam};
 use super::watchdog::{ConnectionControl, Guarded};
 use super::AppState;
 use crate::auth::Generation;
-use crate::hub::{sse, Event, ResumeFrom, Selector, Subscriber, Subscription};
-
-/// Largest chunk (sum of frame sizes) a subscriber's task hands to the socket at once;
-/// with the hub's queue bound it is what one connection can hold.
-pub const MAX_CHUNK: usize = 256 * 1024;
-
-/// One write to the socket: shared frames, in order.
-pub type Frames = Vec<Bytes>;
+use crate::hub::{sse, ResumeFrom, Selector, Subscription};
 
 /// A subscription that passed every check, ready to stream.
 pub struct Prepared {
     /// The stream's frames: `retry:`, the replay, then live events and heartbeats.
-    pub stream: Pin<Box<dyn Stream<Item = Frames> + Send>>,
+    pub feed: Feed,
     /// The asked ID was not retained: answer with `Last-Event-ID: earliest`.
     pub history_gap: bool,
     /// Mercure 1.0 requests that asked to resume: the `Mercure-Last-Event-ID` answer (the
@@ -101,7 +89,8 @@ impl StreamEnd {
         self.0.store(reason as u8, Ordering::Relaxed);
     }
 
-    fn get(&self) -> Option<EndReason> {
+    /// The reason the writer recorded, if any.
+    pub fn get(&self) -> Option<EndReason> {
         match self.0.load(Ordering::Relaxed) {
             Self::UNSET => None,
             v => Some(EndReason::from_u8(v)),
@@ -149,13 +138,13 @@ pub async fn subscribe(
         }
     }
     let Prepared {
-        stream,
+        feed,
         expires_at,
         write_timeout,
         end,
         ..
     } = prepared;
-    let frames = stream.flat_map(futures::stream::iter);
+    let frames = FeedStream(feed).flat_map(futures::stream::iter);
     let body = match control {
         Some(Extension(control)) => Body::from_stream(Guarded::new(
             frames,
@@ -253,10 +242,21 @@ pub async fn prepare(
         })
         .map(|left| tokio::time::Instant::now() + left);
     let write_timeout = app.config.server.write_timeout;
-    let stream = event_stream(app, subscription, subscriber, expires_at, session, presence);
+    let crate::hub::Subscriber { replay, live, .. } = subscriber;
+    let feed = Feed::new(FeedParts {
+        subscription,
+        replay,
+        live,
+        retry: sse::encode_retry(app.config.server.retry_ms),
+        heartbeat_every: app.config.server.heartbeat,
+        expires_at,
+        shutdown: app.shutdown.clone(),
+        presence,
+        session,
+    });
 
     Ok(Prepared {
-        stream: Box::pin(stream),
+        feed,
         history_gap: gap,
         resumed_from,
         expires_at,
@@ -417,210 +417,4 @@ fn parse_selectors(
             parsed.map_err(|e| ApiError::bad_request(name, e.to_string()))
         })
         .collect()
-}
-
-/// One subscriber session: counts it in the metrics and logs one line when it ends.
-struct Session {
-    subject: Option<String>,
-    selectors: String,
-    started: Instant,
-    delivered: u64,
-    end: EndReason,
-    /// Set by the writer when it ended the stream (takes precedence over `end`).
-    writer_end: StreamEnd,
-}
-
-impl Session {
-    fn start(
-        subject: Option<String>,
-        sub: &Subscription,
-        gap: bool,
-        writer_end: StreamEnd,
-    ) -> Self {
-        metrics::gauge!("relais_subscribers_connected").increment(1.0);
-        let selectors = sub
-            .selectors
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        tracing::debug!(subject = subject.as_deref().unwrap_or("-"), %selectors, history_gap = gap, "subscriber connected");
-        Self {
-            subject,
-            selectors,
-            started: Instant::now(),
-            delivered: 0,
-            end: EndReason::ClientGone,
-            writer_end,
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let end = self.writer_end.get().unwrap_or(self.end);
-        metrics::gauge!("relais_subscribers_connected").decrement(1.0);
-        match end {
-            EndReason::Lagged => {
-                metrics::counter!("relais_slow_subscriber_disconnects_total").increment(1);
-                tracing::warn!(
-                    subject = self.subject.as_deref().unwrap_or("-"),
-                    "subscriber too slow: disconnected; it will resume from its last event ID"
-                );
-            }
-            EndReason::WriteTimeout => {
-                metrics::counter!("relais_stalled_subscriber_disconnects_total").increment(1);
-                tracing::warn!(subject = self.subject.as_deref().unwrap_or("-"), "subscriber stopped reading: write timed out, disconnected; it will resume from its last event ID");
-            }
-            _ => {}
-        }
-        tracing::info!(
-            subject = self.subject.as_deref().unwrap_or("-"),
-            selectors = %self.selectors,
-            delivered = self.delivered,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            end = ?end,
-            "subscriber session ended"
-        );
-    }
-}
-
-fn event_stream(
-    app: AppState,
-    subscription: Subscription,
-    subscriber: Subscriber,
-    deadline: Option<tokio::time::Instant>,
-    mut session: Session,
-    presence: crate::hub::presence::Guard,
-) -> impl futures::Stream<Item = Frames> + Send {
-    let heartbeat_every = app.config.server.heartbeat;
-    let retry = sse::encode_retry(app.config.server.retry_ms);
-    let shutdown = app.shutdown.clone();
-    let latency = metrics::histogram!("relais_delivery_latency_seconds");
-    let Subscriber { replay, live, .. } = subscriber;
-    async_stream::stream! {
-        // Owned by the stream: dropped (the subscriptions' end announced) with it.
-        let _presence = presence;
-        // The replay, chunk by chunk as the socket takes them.
-        let mut chunk = Chunk::default();
-        chunk.frames.push(retry);
-        for event in replay {
-            if !subscription.wants(&event) {
-                continue;
-            }
-            chunk.offer(&event);
-            if chunk.bytes >= MAX_CHUNK {
-                if let Some((frames, count, _)) = chunk.take() {
-                    session.delivered += count;
-                    yield frames;
-                }
-            }
-        }
-        if let Some((frames, count, _)) = chunk.take() {
-            session.delivered += count;
-            yield frames;
-        }
-
-        let expiry = tokio::time::sleep_until(
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
-        );
-        tokio::pin!(expiry);
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let heartbeat_frame = sse::encode_comment("");
-        let mut pending: VecDeque<Arc<Event>> = VecDeque::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => { session.end = EndReason::Shutdown; break; }
-                _ = &mut expiry, if deadline.is_some() => { session.end = EndReason::TokenExpired; break; }
-                received = live.next_events(&mut pending) => {
-                    if received.is_err() {
-                        session.end = EndReason::Lagged;
-                        break;
-                    }
-                    // The hub queued only what this subscriber matches.
-                    while let Some(event) = pending.pop_front() {
-                        chunk.offer(&event);
-                        if chunk.bytes >= MAX_CHUNK {
-                            if let Some((frames, count, oldest)) = chunk.take() {
-                                if let Some(oldest) = oldest {
-                                    latency.record(oldest.elapsed().as_secs_f64());
-                                }
-                                session.delivered += count;
-                                yield frames;
-                            }
-                        }
-                    }
-                    if pending.capacity() > 1024 {
-                        pending = VecDeque::new();
-                    }
-                    if let Some((frames, count, oldest)) = chunk.take() {
-                        if let Some(oldest) = oldest {
-                            latency.record(oldest.elapsed().as_secs_f64());
-                        }
-                        session.delivered += count;
-                        heartbeat.reset();
-                        yield frames;
-                    }
-                }
-                _ = heartbeat.tick() => yield vec![heartbeat_frame.clone()],
-            }
-        }
-        // Unregister from the hub, then log the session with its end reason.
-        drop(live);
-        drop(session);
-    }
-}
-
-/// The frames one write carries: shared `Bytes` handles, never copies.
-///
-/// Delivery counters are shared by all subscribers; to keep their cache line quiet, a
-/// chunk adds to them once per run of events with the same counter (a burst of one
-/// source's rows is one run), not once per event.
-#[derive(Default)]
-struct Chunk {
-    frames: Frames,
-    bytes: usize,
-    count: u64,
-    oldest: Option<Instant>,
-    run: Option<(Arc<Event>, u64)>,
-}
-
-impl Chunk {
-    /// Adds an event this subscriber wants.
-    fn offer(&mut self, event: &Arc<Event>) {
-        match &mut self.run {
-            Some((first, n))
-                if first.source == event.source && first.event_type == event.event_type =>
-            {
-                *n += 1
-            }
-            run => {
-                if let Some((first, n)) = run.replace((event.clone(), 1)) {
-                    first.delivered.increment(n);
-                }
-            }
-        }
-        self.count += 1;
-        self.bytes += event.frame.len();
-        self.oldest.get_or_insert(event.committed_at);
-        self.frames.push(event.frame.clone());
-    }
-
-    /// The frames gathered so far (with the events' count and the oldest commit time),
-    /// leaving the chunk empty; `None` when there is nothing to write.
-    fn take(&mut self) -> Option<(Frames, u64, Option<Instant>)> {
-        if let Some((first, n)) = self.run.take() {
-            first.delivered.increment(n);
-        }
-        if self.frames.is_empty() {
-            return None;
-        }
-        let frames = std::mem::take(&mut self.frames);
-        let out = (frames, self.count, self.oldest.take());
-        self.bytes = 0;
-        self.count = 0;
-        Some(out)
-    }
 }

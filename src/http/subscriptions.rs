@@ -74,10 +74,11 @@ fn answer(
         )));
     }
     let (found, last_event_id) = app.hub.active_subscriptions(|active| {
-        let under = active.segments.len() >= asked.len()
-            && active.segments.iter().zip(&asked).all(|(a, b)| a == b);
-        let visible = identity.subscribe.iter().any(|c| c.matches(&active.iri));
-        (under && visible).then(|| (active.segments.len() == asked.len(), active.data.clone()))
+        let segments = active.segments();
+        let under =
+            segments.len() >= asked.len() && segments.iter().zip(&asked).all(|(a, b)| a == b);
+        let visible = identity.subscribe.iter().any(|c| c.matches(active.iri));
+        (under && visible).then(|| (segments.len() == asked.len(), active.data.to_string()))
     });
     // A path as long as a subscription's IRI names that subscription.
     if let Some((_, data)) = found.iter().find(|(exact, _)| *exact) {

@@ -122,6 +122,15 @@ impl Live {
     ) -> Result<(), Lagged> {
         self.queue.take_all(out).await
     }
+
+    /// [`Live::next_events`] for a hand-written future (the subscriber's feed).
+    pub fn poll_take(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut std::collections::VecDeque<Arc<Event>>,
+    ) -> std::task::Poll<Result<(), Lagged>> {
+        self.queue.poll_take_all(cx, out)
+    }
 }
 
 impl Drop for Live {
@@ -322,6 +331,11 @@ impl Hub {
         Some(event)
     }
 
+    /// The document of an active subscription (its start event's data), by IRI.
+    pub fn active_document(&self, iri: &str) -> Option<String> {
+        self.lock().presence.document(iri).map(str::to_string)
+    }
+
     /// Adds subscriptions known to be active without an event (those other instances
     /// announced before this one started, read from the shared store).
     pub fn seed_presence(&self, active: impl IntoIterator<Item = presence::Active>) {
@@ -336,7 +350,7 @@ impl Hub {
     /// subscribing from that ID misses no change of the list.
     pub fn active_subscriptions<T>(
         &self,
-        mut visit: impl FnMut(&presence::Active) -> Option<T>,
+        mut visit: impl FnMut(presence::Listed<'_>) -> Option<T>,
     ) -> (Vec<T>, String) {
         let inner = self.lock();
         let list = inner.presence.active().filter_map(&mut visit).collect();

@@ -92,14 +92,13 @@ pub fn segments(path: &str) -> Option<Vec<String>> {
     )
 }
 
-/// One active subscription, as the subscriptions API lists it.
+/// One active subscription: its IRI (the topic of its events) and its JSON-LD document
+/// (`active: true`), as a change carries it or another instance's list gives it.
 #[derive(Debug, Clone)]
 pub struct Active {
-    /// Its IRI (the topic of its events).
+    /// Its IRI.
     pub iri: String,
-    /// The IRI's decoded segments after [`SUBSCRIPTIONS_PATH`].
-    pub segments: Vec<String>,
-    /// The JSON-LD document (`active: true`).
+    /// The JSON-LD document.
     pub data: String,
 }
 
@@ -108,9 +107,25 @@ impl Active {
     pub fn new(iri: &str, data: String) -> Self {
         Self {
             iri: iri.to_string(),
-            segments: segments(iri).unwrap_or_default(),
             data,
         }
+    }
+}
+
+/// An active subscription as the hub lists it (borrowed from its registry).
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    /// Its IRI.
+    pub iri: &'a str,
+    /// The JSON-LD document (`active: true`).
+    pub data: &'a str,
+}
+
+impl Listed<'_> {
+    /// The IRI's decoded segments after [`SUBSCRIPTIONS_PATH`] (computed when asked: the
+    /// list is read rarely and held for every connection).
+    pub fn segments(&self) -> Vec<String> {
+        segments(self.iri).unwrap_or_default()
     }
 }
 
@@ -153,7 +168,8 @@ fn draft(id: String, iri: String, data: String) -> EventDraft {
 pub struct Registry {
     /// Subscription events, bounded apart from business events.
     pub history: History,
-    active: BTreeMap<String, Active>,
+    /// Documents by IRI, each held once and at its exact size (one per subscription).
+    active: BTreeMap<Box<str>, Box<str>>,
 }
 
 impl Registry {
@@ -168,25 +184,29 @@ impl Registry {
     /// Records a committed subscription event.
     pub fn apply(&mut self, event: &Arc<Event>, started: Option<Active>) {
         self.history.push(event.clone());
-        let iri = event.topics.first().cloned().unwrap_or_default();
         match started {
-            Some(active) => {
-                self.active.insert(iri, active);
-            }
+            Some(active) => self.seed(active),
             None => {
-                self.active.remove(&iri);
+                let iri = event.topics.first().map_or("", String::as_str);
+                self.active.remove(iri);
             }
         }
     }
 
     /// Records an active subscription without an event.
     pub fn seed(&mut self, active: Active) {
-        self.active.insert(active.iri.clone(), active);
+        self.active
+            .insert(active.iri.into_boxed_str(), active.data.into_boxed_str());
+    }
+
+    /// The document of the active subscription with this IRI.
+    pub fn document(&self, iri: &str) -> Option<&str> {
+        self.active.get(iri).map(|d| &**d)
     }
 
     /// The active subscriptions, by IRI.
-    pub fn active(&self) -> impl Iterator<Item = &Active> {
-        self.active.values()
+    pub fn active(&self) -> impl Iterator<Item = Listed<'_>> {
+        self.active.iter().map(|(iri, data)| Listed { iri, data })
     }
 }
 
@@ -284,6 +304,15 @@ pub fn pair(
     }
 }
 
+/// The end document of a subscription from its start document: the same with
+/// `active: false` (`None` if `start` is not a JSON object). A backend can keep the start
+/// document alone and derive the end when it is due.
+pub fn ended(start: &str) -> Option<String> {
+    let mut doc: Value = serde_json::from_str(start).ok()?;
+    *doc.as_object_mut()?.get_mut("active")? = Value::Bool(false);
+    Some(doc.to_string())
+}
+
 /// A backend that shares presence between instances (Redis).
 pub trait Shared: Send + Sync {
     /// Publishes `pair.start` to every instance and remembers `pair.end` as this
@@ -347,21 +376,33 @@ impl Presence {
         if !self.enabled {
             return Guard {
                 presence: self.clone(),
-                ends: Vec::new(),
+                ends: Ends::Shared(Box::default()),
             };
         }
         let subscriber = super::event::generate_id();
-        let mut ends = Vec::with_capacity(selectors.len());
-        for selector in selectors {
-            let pair = pair(selector, generation, &subscriber, payload);
-            ends.push(pair.end.clone());
-            match &self.shared {
-                Some(shared) => shared.start(pair),
-                None => {
-                    self.hub.commit_presence(pair.start);
-                }
-            }
-        }
+        let pairs = selectors
+            .iter()
+            .map(|selector| pair(selector, generation, &subscriber, payload));
+        let ends = match &self.shared {
+            // The backend keeps the end events: the guard only names them.
+            Some(shared) => Ends::Shared(
+                pairs
+                    .map(|pair| {
+                        let iri = pair.start.iri().into();
+                        shared.start(pair);
+                        iri
+                    })
+                    .collect(),
+            ),
+            None => Ends::Local(
+                pairs
+                    .map(|pair| {
+                        self.hub.commit_presence(pair.start);
+                        pair.end
+                    })
+                    .collect(),
+            ),
+        };
         Guard {
             presence: self.clone(),
             ends,
@@ -369,28 +410,45 @@ impl Presence {
     }
 }
 
-/// The subscriptions of one connection; dropping it announces their end.
+/// Ends a connection's subscriptions when dropped (however its stream ends).
 pub struct Guard {
     presence: Arc<Presence>,
-    ends: Vec<Change>,
+    ends: Ends,
+}
+
+/// What a guard ends.
+enum Ends {
+    /// In process: the end events, to commit.
+    Local(Box<[Change]>),
+    /// Through the shared backend, which keeps the end events: their IRIs.
+    Shared(Box<[Box<str>]>),
 }
 
 impl Guard {
-    /// The subscriber identifier shared by the connection's subscriptions, if announced.
+    /// The subscriber identifier shared by the connection's subscriptions, if announced:
+    /// the last segment of their IRIs.
     pub fn subscriber(&self) -> Option<String> {
-        let end = self.ends.first()?;
-        let doc: Value = serde_json::from_str(&end.draft.data).ok()?;
-        doc["subscriber"].as_str().map(str::to_string)
+        let iri = match &self.ends {
+            Ends::Local(changes) => changes.first()?.iri(),
+            Ends::Shared(iris) => iris.first()?,
+        };
+        segments(iri)?.pop()
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        for end in self.ends.drain(..) {
-            match &self.presence.shared {
-                Some(shared) => shared.end(end.iri().to_string()),
-                None => {
+        match std::mem::replace(&mut self.ends, Ends::Shared(Box::default())) {
+            Ends::Local(changes) => {
+                for end in changes.into_vec() {
                     self.presence.hub.commit_presence(end);
+                }
+            }
+            Ends::Shared(iris) => {
+                if let Some(shared) = &self.presence.shared {
+                    for iri in iris.into_vec() {
+                        shared.end(iri.into());
+                    }
                 }
             }
         }
@@ -423,6 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn the_end_document_derives_from_the_start_document() {
+        let payload = json!({"name": "Adrien", "active": true});
+        for (selector, form) in [
+            (Selector::parse("audits/{t}").unwrap(), Form::V0),
+            (Selector::exact("audits/a").unwrap(), Form::V1),
+        ] {
+            let pair = pair(&selector, form, "urn:uuid:1", Some(&payload));
+            let end = ended(&pair.start.draft.data).unwrap();
+            assert_eq!(end, pair.end.draft.data);
+            let doc: Value = serde_json::from_str(&end).unwrap();
+            assert_eq!(
+                doc["payload"]["active"], true,
+                "only the top-level flag changes"
+            );
+        }
+        assert_eq!(ended("[1]"), None);
+        assert_eq!(ended("{\"id\": 1}"), None);
+    }
+
+    #[test]
     fn events_and_list_follow_the_subscription() {
         let hub = Arc::new(Hub::new(10, 100).with_subscriptions_history(100));
         let presence = Arc::new(Presence::local(hub.clone(), true));
@@ -432,7 +510,7 @@ mod tests {
             Selector::parse("audits/{t}").unwrap(),
         ];
         let guard = presence.start(&selectors, Form::V0, Some(&payload));
-        let (list, last) = hub.active_subscriptions(|a| Some(a.data.clone()));
+        let (list, last) = hub.active_subscriptions(|a| Some(a.data.to_string()));
         assert_eq!(list.len(), 2);
         let doc: Value = list
             .iter()
@@ -452,7 +530,7 @@ mod tests {
         assert_eq!(hub.retained(), 0);
         assert!(hub.retains(&last));
         drop(guard);
-        let (list, _) = hub.active_subscriptions(|a| Some(a.iri.clone()));
+        let (list, _) = hub.active_subscriptions(|a| Some(a.iri.to_string()));
         assert!(list.is_empty());
         let all = Subscription {
             selectors: vec![Selector::Any],
@@ -540,7 +618,12 @@ mod tests {
         let hub = Arc::new(Hub::new(10, 100));
         let presence = Arc::new(Presence::local(hub.clone(), false));
         drop(presence.start(&[Selector::parse("t").unwrap()], Form::V0, None));
-        assert_eq!(hub.active_subscriptions(|a| Some(a.iri.clone())).0.len(), 0);
+        assert_eq!(
+            hub.active_subscriptions(|a| Some(a.iri.to_string()))
+                .0
+                .len(),
+            0
+        );
         assert_eq!(hub.active_subscriptions(|_| Some(())).1, "earliest");
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use super::Event;
 
@@ -142,24 +142,31 @@ impl Queue {
     /// Waits for events and moves every queued one into `out` (which must be empty; its
     /// allocation is kept for the next swap). `Err(Lagged)` once a bound was exceeded.
     pub async fn take_all(&self, out: &mut VecDeque<Arc<Event>>) -> Result<(), Lagged> {
-        poll_fn(|cx| {
-            let mut s = self.lock();
-            if s.lagged {
-                return Poll::Ready(Err(Lagged));
+        poll_fn(|cx| self.poll_take_all(cx, out)).await
+    }
+
+    /// [`Queue::take_all`] for a hand-written future: `Pending` (the consumer to be woken)
+    /// while the queue is empty.
+    pub fn poll_take_all(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Arc<Event>>,
+    ) -> Poll<Result<(), Lagged>> {
+        let mut s = self.lock();
+        if s.lagged {
+            return Poll::Ready(Err(Lagged));
+        }
+        if s.events.is_empty() {
+            match &s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => s.waker = Some(cx.waker().clone()),
             }
-            if s.events.is_empty() {
-                match &s.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => s.waker = Some(cx.waker().clone()),
-                }
-                return Poll::Pending;
-            }
-            out.clear();
-            std::mem::swap(out, &mut s.events);
-            s.bytes = 0;
-            Poll::Ready(Ok(()))
-        })
-        .await
+            return Poll::Pending;
+        }
+        out.clear();
+        std::mem::swap(out, &mut s.events);
+        s.bytes = 0;
+        Poll::Ready(Ok(()))
     }
 
     /// Bytes of frames currently queued.

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection};
 
-use crate::hub::presence::{Change, Pair, Shared};
+use crate::hub::presence::{self, Change, Pair, Shared};
 use crate::hub::Hub;
 
 enum Write {
@@ -33,7 +33,10 @@ enum Write {
 /// This process' subscriptions, announced to its hub and listed on disk.
 pub struct DiskPresence {
     hub: Arc<Hub>,
-    ends: Mutex<HashMap<String, Change>>,
+    /// The ID of each subscription's end event, by IRI, for the subscriptions of this
+    /// process. Its document is derived from the start document the hub lists when the
+    /// end is due: one connection holds one copy of each.
+    ends: Mutex<HashMap<Box<str>, Box<str>>>,
     writes: Mutex<mpsc::Sender<Write>>,
 }
 
@@ -109,7 +112,7 @@ impl DiskPresence {
             .send(write);
     }
 
-    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<String, Change>> {
+    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Box<str>>> {
         self.ends.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -154,21 +157,30 @@ impl Shared for DiskPresence {
             id: pair.end.draft.id.clone(),
             data: pair.end.draft.data.clone(),
         });
-        self.ends().insert(iri, pair.end);
+        self.ends()
+            .insert(iri.into_boxed_str(), pair.end.draft.id.into_boxed_str());
         self.hub.commit_presence(pair.start);
     }
 
     fn end(&self, iri: String) {
-        if let Some(end) = self.ends().remove(&iri) {
-            self.hub.commit_presence(end);
-            self.send(Write::Remove(iri));
-        }
+        let Some(id) = self.ends().remove(iri.as_str()) else {
+            return;
+        };
+        self.send(Write::Remove(iri.clone()));
+        let listed = self.hub.active_document(&iri);
+        let Some(data) = listed.as_deref().and_then(presence::ended) else {
+            // Only this process lists or unlists its subscriptions here: not reached.
+            tracing::warn!(%iri, "presence: a subscription of this process is not listed; its end is not announced");
+            return;
+        };
+        let end = Change::from_parts(id.into(), iri, data, false);
+        self.hub.commit_presence(end);
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             // A clean stop: end what is still connected and leave an empty list.
-            let iris: Vec<String> = self.ends().keys().cloned().collect();
+            let iris: Vec<String> = self.ends().keys().map(|iri| iri.to_string()).collect();
             for iri in iris {
                 self.end(iri);
             }
