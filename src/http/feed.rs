@@ -28,7 +28,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::subscribe::{EndReason, StreamEnd};
 use crate::hub::presence::Guard;
-use crate::hub::{Event, Live, Subscription};
+use crate::hub::{sse, Event, Live, Subscription};
 
 /// Largest chunk (sum of frame sizes) a subscriber's task hands to the socket at once;
 /// with the hub's queue bound it is what one connection can hold.
@@ -36,9 +36,6 @@ pub const MAX_CHUNK: usize = 256 * 1024;
 
 /// One write to the socket: shared frames, in order.
 pub type Frames = Vec<Bytes>;
-
-/// The heartbeat: an empty SSE comment.
-const HEARTBEAT: &[u8] = b":\n\n";
 
 /// What a subscriber's stream writes next; see the module documentation.
 pub struct Feed {
@@ -48,9 +45,9 @@ pub struct Feed {
     live: Live,
     /// Events taken from the queue and not yet handed out (a take larger than a chunk).
     taken: VecDeque<Arc<Event>>,
-    /// One timer for the next heartbeat and the token's expiry, whichever comes first.
+    /// One timer for the next heartbeat and the token's expiry, whichever comes first:
+    /// when it fires before the expiry, it is the heartbeat's.
     timer: Pin<Box<Sleep>>,
-    next_heartbeat: tokio::time::Instant,
     heartbeat_every: Duration,
     expires_at: Option<tokio::time::Instant>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -100,10 +97,8 @@ pub struct FeedParts {
 impl Feed {
     /// A feed starting with `retry:` and the replay.
     pub fn new(parts: FeedParts) -> Self {
-        let next_heartbeat = tokio::time::Instant::now() + parts.heartbeat_every;
-        let first = parts
-            .expires_at
-            .map_or(next_heartbeat, |at| at.min(next_heartbeat));
+        let now = tokio::time::Instant::now();
+        let first = next_wake(now, parts.heartbeat_every, parts.expires_at);
         Self {
             replay: Some(Box::new(Replay {
                 retry: Some(parts.retry),
@@ -113,7 +108,6 @@ impl Feed {
             live: parts.live,
             taken: VecDeque::new(),
             timer: Box::pin(tokio::time::sleep_until(first)),
-            next_heartbeat,
             heartbeat_every: parts.heartbeat_every,
             expires_at: parts.expires_at,
             shutdown: Box::pin(parts.shutdown.cancelled_owned()),
@@ -130,6 +124,7 @@ impl Feed {
             return Poll::Ready(false);
         }
         let mut chunk = Chunk::default();
+        let before = out.len();
         if let Some(replay) = &mut self.replay {
             if let Some(retry) = replay.retry.take() {
                 chunk.bytes += retry.len();
@@ -144,7 +139,7 @@ impl Feed {
                     chunk.offer(&event, out);
                 }
             }
-            if !out.is_empty() {
+            if out.len() > before {
                 self.session.delivered += chunk.finish();
                 return Poll::Ready(true);
             }
@@ -181,29 +176,22 @@ impl Feed {
             return Poll::Ready(true);
         }
         if timer_fired {
-            // Not the expiry, so the heartbeat (or a timer reset earlier than needed).
-            if now >= self.next_heartbeat {
-                out.push(Bytes::from_static(HEARTBEAT));
-                self.rearm(now);
-                return Poll::Ready(true);
-            }
-            self.rearm_at(self.next_heartbeat);
-            if self.timer.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
+            // Not the expiry (checked above), so the heartbeat.
+            out.push(sse::heartbeat());
+            self.rearm(now);
+            return Poll::Ready(true);
         }
         Poll::Pending
     }
 
-    /// Something was sent at `now`: the next heartbeat is a period away.
-    fn rearm(&mut self, now: tokio::time::Instant) {
-        self.next_heartbeat = now + self.heartbeat_every;
-        self.rearm_at(self.next_heartbeat);
+    /// When the token expires, if it does.
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.expires_at
     }
 
-    /// Sets the timer to `heartbeat` or the token's expiry, whichever comes first.
-    fn rearm_at(&mut self, heartbeat: tokio::time::Instant) {
-        let at = self.expires_at.map_or(heartbeat, |exp| exp.min(heartbeat));
+    /// Something was sent at `now`: the next heartbeat is a period away.
+    fn rearm(&mut self, now: tokio::time::Instant) {
+        let at = next_wake(now, self.heartbeat_every, self.expires_at);
         self.timer.as_mut().reset(at);
     }
 
@@ -212,6 +200,17 @@ impl Feed {
         self.session.end = reason;
         Poll::Ready(false)
     }
+}
+
+/// The feed's timer deadline after a send at `now`: the next heartbeat, or the token's
+/// expiry if it comes first.
+fn next_wake(
+    now: tokio::time::Instant,
+    heartbeat_every: Duration,
+    expires_at: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let heartbeat = now + heartbeat_every;
+    expires_at.map_or(heartbeat, |at| at.min(heartbeat))
 }
 
 /// A feed read as a stream of frame lists (hyper's path).

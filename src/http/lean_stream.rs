@@ -43,7 +43,6 @@ pub struct LeanStream {
     /// Armed while a write is blocked.
     deadline: Option<Pin<Box<Sleep>>>,
     write_timeout: Duration,
-    expires_at: Option<Instant>,
     end: StreamEnd,
 }
 
@@ -62,7 +61,6 @@ impl LeanStream {
         head.push_str("connection: close\r\n\r\n");
         let Prepared {
             feed,
-            expires_at,
             write_timeout,
             end,
             ..
@@ -75,7 +73,6 @@ impl LeanStream {
             written: (0, 0),
             deadline: None,
             write_timeout,
-            expires_at,
             end,
         }
     }
@@ -98,7 +95,7 @@ impl LeanStream {
         }
         // Blocked: one deadline per write, the write timeout or the token's expiry if it
         // comes first.
-        let (timeout, expires_at) = (self.write_timeout, self.expires_at);
+        let (timeout, expires_at) = (self.write_timeout, self.feed.expires_at());
         let deadline = self.deadline.get_or_insert_with(|| {
             let mut at = Instant::now() + timeout;
             if let Some(expiry) = expires_at {
@@ -109,7 +106,7 @@ impl LeanStream {
         if deadline.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        let expired = self.expires_at.is_some_and(|at| Instant::now() >= at);
+        let expired = expires_at.is_some_and(|at| Instant::now() >= at);
         Poll::Ready(Err(if expired {
             EndReason::TokenExpired
         } else {
@@ -166,10 +163,7 @@ impl Future for LeanStream {
                 // subscriber holds no buffer; a busy one keeps its list between writes).
                 Poll::Pending => this.frames = Frames::new(),
             }
-            return match this.poll_client_gone(cx) {
-                Poll::Ready(()) => Poll::Ready(()),
-                Poll::Pending => Poll::Pending,
-            };
+            return this.poll_client_gone(cx);
         }
     }
 }

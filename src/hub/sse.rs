@@ -26,9 +26,15 @@ pub fn encode_event(id: &str, event_type: Option<&str>, retry: Option<u64>, data
     out.freeze()
 }
 
-/// A comment frame (heartbeat).
+/// A comment frame.
 pub fn encode_comment(text: &str) -> Bytes {
     Bytes::from(format!(":{text}\n\n"))
+}
+
+/// The heartbeat frame: [`encode_comment`] of nothing, static (a heartbeat allocates
+/// nothing).
+pub fn heartbeat() -> Bytes {
+    Bytes::from_static(b":\n\n")
 }
 
 /// The frame announcing the reconnection delay.
@@ -149,6 +155,11 @@ impl SseParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_is_an_empty_comment() {
+        assert_eq!(heartbeat(), encode_comment(""));
+    }
 
     #[test]
     fn multi_line_data_round_trips() {
