@@ -10,6 +10,7 @@
 
 mod args;
 mod bare;
+mod frames;
 mod http1;
 mod latency;
 mod procstat;
@@ -207,6 +208,7 @@ async fn run(args: Args) -> Result<(), String> {
                 let sender = Sender::Bare {
                     http: Http1::new(target.addr),
                     topics: args.topic_count(),
+                    frames: frames::PeerFrames::new(args.ingest, &args.source),
                 };
                 let request = {
                     let build = bare::BareTarget::request_builder(target.addr);
@@ -228,6 +230,7 @@ async fn run(args: Args) -> Result<(), String> {
                     http: Http1::new(target.publish_addr),
                     channel: pushpin::CHANNEL.into(),
                     topics: args.topic_count(),
+                    frames: frames::PeerFrames::new(args.ingest, &args.source),
                 };
                 let request = {
                     let addr = target.http_addr;
@@ -477,6 +480,8 @@ async fn measure(
     }
     if f.deliveries > 0 {
         f.cpu_seconds_per_1000_deliveries = f.cpu_seconds_server * 1000.0 / f.deliveries as f64;
+        f.bytes_per_delivery =
+            shared.stream_bytes.load(Ordering::Relaxed) as f64 / f.deliveries as f64;
     }
     f
 }

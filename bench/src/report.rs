@@ -42,6 +42,10 @@ pub struct Figures {
     pub cpu_seconds_bench: f64,
     /// Server CPU seconds per 1,000 deliveries (server CPU / deliveries × 1,000).
     pub cpu_seconds_per_1000_deliveries: f64,
+    /// Event-stream bytes the subscribers read per delivery: the size of what the server
+    /// wrote for each event (with the head, the warm-up and heartbeats spread over them),
+    /// so that two servers' deliveries are seen to be the same bytes.
+    pub bytes_per_delivery: f64,
     /// Events some subscriber never received (summed over subscribers).
     pub lost: u64,
     /// Repeated receipts (summed over subscribers).
@@ -77,6 +81,7 @@ const COMPARED: &[(&str, &str, bool)] = &[
         false,
     ),
     ("cpu_seconds_bench", "bench CPU s", false),
+    ("bytes_per_delivery", "bytes/delivery", false),
     ("lost", "lost", false),
     ("duplicated", "duplicated", false),
 ];
@@ -95,6 +100,7 @@ fn value(f: &Figures, key: &str) -> f64 {
         "cpu_seconds_server" => f.cpu_seconds_server,
         "cpu_seconds_per_1000_deliveries" => f.cpu_seconds_per_1000_deliveries,
         "cpu_seconds_bench" => f.cpu_seconds_bench,
+        "bytes_per_delivery" => f.bytes_per_delivery,
         "lost" => f.lost as f64,
         "duplicated" => f.duplicated as f64,
         _ => 0.0,

@@ -36,6 +36,9 @@ pub struct Shared {
     pub delivered: AtomicU64,
     /// Repeated receipts.
     pub duplicates: AtomicU64,
+    /// Event-stream bytes the subscribers read (without the chunked encoding's framing),
+    /// all subscribers together: what each server wrote per delivery.
+    pub stream_bytes: AtomicU64,
     /// Subscribers that have seen a warm-up event.
     pub warm_seen: AtomicU64,
     /// Subscribers whose response head (200) arrived.
@@ -64,6 +67,7 @@ impl Shared {
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            stream_bytes: AtomicU64::new(0),
             warm_seen: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -299,9 +303,11 @@ impl Sub {
         let now = shared.clock.now_ns();
         let mut fresh = 0u64;
         let mut dups = 0u64;
+        let mut read = 0u64;
         let (tracker, samples, saw_warm) =
             (&mut self.tracker, &mut self.samples, &mut self.saw_warm);
         dechunker.feed(bytes, |payload| {
+            read += payload.len() as u64;
             scanner.feed(payload, |found| match found {
                 Found::Seq(seq) => {
                     if tracker.record(seq) {
@@ -329,6 +335,7 @@ impl Sub {
         if dups > 0 {
             shared.duplicates.fetch_add(dups, Ordering::Relaxed);
         }
+        shared.stream_bytes.fetch_add(read, Ordering::Relaxed);
         if self.samples.len() >= SAMPLE_BATCH {
             shared.latencies.flush(self.index, &mut self.samples);
         }

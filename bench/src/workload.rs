@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use serde_json::json;
 
 use crate::args::{Args, Workload};
+use crate::frames::PeerFrames;
 use crate::http1::Http1;
 use crate::latency::MAX_EVENTS;
 use crate::subscribers::Shared;
@@ -110,6 +111,8 @@ pub enum Sender {
         channel: String,
         /// `topics`: events go to channel `topic_of(seq mod T)` instead.
         topics: Option<u64>,
+        /// The frames relais would write for the same events.
+        frames: PeerFrames,
     },
     /// The `bare` peer: pre-encoded frames with their topic, one request per batch.
     Bare {
@@ -117,6 +120,8 @@ pub enum Sender {
         http: Http1,
         /// `topics`: the topic count, else every event goes to every subscriber.
         topics: Option<u64>,
+        /// The frames relais would write for the same events.
+        frames: PeerFrames,
     },
 }
 
@@ -183,14 +188,21 @@ impl Sender {
                 http,
                 channel,
                 topics,
+                frames,
             } => Sender::Pushpin {
                 http: http.fresh(),
                 channel: channel.clone(),
                 topics: *topics,
+                frames: frames.clone(),
             },
-            Sender::Bare { http, topics } => Sender::Bare {
+            Sender::Bare {
+                http,
+                topics,
+                frames,
+            } => Sender::Bare {
                 http: http.fresh(),
                 topics: *topics,
+                frames: frames.clone(),
             },
         }
     }
@@ -254,14 +266,18 @@ impl Sender {
                 shared.sent.fetch_add(count as u64, Ordering::Relaxed);
                 Ok(())
             }
-            Sender::Bare { http, topics } => {
-                let mut body = Vec::with_capacity(rows.len() * 512);
-                for (seq, row) in &rows {
+            Sender::Bare {
+                http,
+                topics,
+                frames,
+            } => {
+                let mut body = Vec::with_capacity(rows.len() * 1024);
+                for (seq, _) in &rows {
                     let topic = match topics {
                         Some(t) => topic_of(seq % *t),
                         None => "*".to_string(),
                     };
-                    let frame = format!("id: {seq}\nevent: intervention\ndata: {row}\n\n");
+                    let frame = frames.frame(*seq, *topics);
                     body.extend_from_slice(format!("{topic}\n{}\n", frame.len()).as_bytes());
                     body.extend_from_slice(frame.as_bytes());
                 }
@@ -278,10 +294,11 @@ impl Sender {
                 http,
                 channel,
                 topics,
+                frames,
             } => {
                 let items: Vec<serde_json::Value> = rows
                     .iter()
-                    .map(|(seq, row)| {
+                    .map(|(seq, _)| {
                         let channel = match topics {
                             Some(t) => topic_of(seq % *t),
                             None => channel.clone(),
@@ -289,8 +306,7 @@ impl Sender {
                         json!({
                             "channel": channel,
                             "id": seq.to_string(),
-                            "formats": {"http-stream": {"content":
-                                format!("id: {seq}\nevent: intervention\ndata: {row}\n\n")}},
+                            "formats": {"http-stream": {"content": frames.frame(*seq, *topics)}},
                         })
                     })
                     .collect();

@@ -72,9 +72,24 @@ fn check_owed(v: &serde_json::Value, workload: &str, owed: impl Fn(u64) -> u64) 
         "rss_per_connection_bytes",
         "cpu_seconds_bench",
         "cpu_seconds_per_1000_deliveries",
+        "bytes_per_delivery",
     ] {
         assert!(v[key].is_number(), "{key} missing: {v}");
     }
+}
+
+/// The peer wrote the same bytes per delivery as relais (within 2 %: the response head,
+/// warm-up and heartbeats differ), so the ratios compare the same stream.
+fn same_bytes(v: &serde_json::Value, peer: &str) {
+    let ours = v["bytes_per_delivery"].as_f64().unwrap_or(0.0);
+    let theirs = v["peers"][peer]["bytes_per_delivery"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(ours > 0.0, "{v}");
+    assert!(
+        (ours - theirs).abs() <= ours * 0.02,
+        "relais wrote {ours} bytes per delivery, {peer} {theirs}: {v}"
+    );
 }
 
 #[test]
@@ -118,6 +133,7 @@ fn burst_runs_beside_the_bare_peer_with_ratios() {
     ] {
         assert!(bare["ratio"][key].is_number(), "ratio {key} missing: {v}");
     }
+    same_bytes(&v, "bare");
 }
 
 #[test]
@@ -131,4 +147,5 @@ fn topics_deliver_each_event_to_its_topic_only() {
     check_owed(&v, "topics", owed);
     assert_eq!(v["topics"], 20, "{v}");
     check_owed(&v["peers"]["bare"], "topics", owed);
+    same_bytes(&v, "bare");
 }
