@@ -96,8 +96,9 @@ pub fn segments(path: &str) -> Option<Vec<String>> {
 /// (`active: true`), as a change carries it or another instance's list gives it.
 #[derive(Debug, Clone)]
 pub struct Active {
-    /// Its IRI.
-    pub iri: String,
+    /// Its IRI, one allocation shared by the hub's list, the backend and the connection's
+    /// guard (held for every connection, so held once).
+    pub iri: Arc<str>,
     /// The JSON-LD document.
     pub data: String,
 }
@@ -106,7 +107,7 @@ impl Active {
     /// From an IRI and its document.
     pub fn new(iri: &str, data: String) -> Self {
         Self {
-            iri: iri.to_string(),
+            iri: iri.into(),
             data,
         }
     }
@@ -153,6 +154,15 @@ impl Change {
     pub fn iri(&self) -> &str {
         self.draft.topics.first().map_or("", String::as_str)
     }
+
+    /// The IRI of the subscription it starts, shared with the hub's list (a new
+    /// allocation for an end).
+    pub fn shared_iri(&self) -> Arc<str> {
+        match &self.started {
+            Some(active) => active.iri.clone(),
+            None => self.iri().into(),
+        }
+    }
 }
 
 fn draft(id: String, iri: String, data: String) -> EventDraft {
@@ -169,7 +179,7 @@ pub struct Registry {
     /// Subscription events, bounded apart from business events.
     pub history: History,
     /// Documents by IRI, each held once and at its exact size (one per subscription).
-    active: BTreeMap<Box<str>, Box<str>>,
+    active: BTreeMap<Arc<str>, Box<str>>,
 }
 
 impl Registry {
@@ -195,8 +205,7 @@ impl Registry {
 
     /// Records an active subscription without an event.
     pub fn seed(&mut self, active: Active) {
-        self.active
-            .insert(active.iri.into_boxed_str(), active.data.into_boxed_str());
+        self.active.insert(active.iri, active.data.into_boxed_str());
     }
 
     /// The document of the active subscription with this IRI.
@@ -320,7 +329,7 @@ pub trait Shared: Send + Sync {
     fn start(&self, pair: Pair);
     /// Publishes the end of the subscription with this IRI, once: not if another
     /// instance already ended it.
-    fn end(&self, iri: String);
+    fn end(&self, iri: Arc<str>);
     /// A clean stop: ends every subscription of this instance still listed, once.
     fn close(&self) -> futures::future::BoxFuture<'_, ()>;
 }
@@ -388,7 +397,7 @@ impl Presence {
             Some(shared) => Ends::Shared(
                 pairs
                     .map(|pair| {
-                        let iri = pair.start.iri().into();
+                        let iri = pair.start.shared_iri();
                         shared.start(pair);
                         iri
                     })
@@ -421,7 +430,7 @@ enum Ends {
     /// In process: the end events, to commit.
     Local(Box<[Change]>),
     /// Through the shared backend, which keeps the end events: their IRIs.
-    Shared(Box<[Box<str>]>),
+    Shared(Box<[Arc<str>]>),
 }
 
 impl Guard {
@@ -447,7 +456,7 @@ impl Drop for Guard {
             Ends::Shared(iris) => {
                 if let Some(shared) = &self.presence.shared {
                     for iri in iris.into_vec() {
-                        shared.end(iri.into());
+                        shared.end(iri);
                     }
                 }
             }

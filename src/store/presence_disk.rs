@@ -36,7 +36,7 @@ pub struct DiskPresence {
     /// The ID of each subscription's end event, by IRI, for the subscriptions of this
     /// process. Its document is derived from the start document the hub lists when the
     /// end is due: one connection holds one copy of each.
-    ends: Mutex<HashMap<Box<str>, Box<str>>>,
+    ends: Mutex<HashMap<Arc<str>, Box<str>>>,
     writes: Mutex<mpsc::Sender<Write>>,
 }
 
@@ -112,7 +112,7 @@ impl DiskPresence {
             .send(write);
     }
 
-    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Box<str>>> {
+    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Box<str>>> {
         self.ends.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -151,36 +151,35 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
 
 impl Shared for DiskPresence {
     fn start(&self, pair: Pair) {
-        let iri = pair.start.iri().to_string();
+        let iri = pair.start.shared_iri();
         self.send(Write::Add {
-            iri: iri.clone(),
+            iri: iri.to_string(),
             id: pair.end.draft.id.clone(),
             data: pair.end.draft.data.clone(),
         });
-        self.ends()
-            .insert(iri.into_boxed_str(), pair.end.draft.id.into_boxed_str());
+        self.ends().insert(iri, pair.end.draft.id.into_boxed_str());
         self.hub.commit_presence(pair.start);
     }
 
-    fn end(&self, iri: String) {
-        let Some(id) = self.ends().remove(iri.as_str()) else {
+    fn end(&self, iri: Arc<str>) {
+        let Some(id) = self.ends().remove(&iri) else {
             return;
         };
-        self.send(Write::Remove(iri.clone()));
+        self.send(Write::Remove(iri.to_string()));
         let listed = self.hub.active_document(&iri);
         let Some(data) = listed.as_deref().and_then(presence::ended) else {
             // Only this process lists or unlists its subscriptions here: not reached.
             tracing::warn!(%iri, "presence: a subscription of this process is not listed; its end is not announced");
             return;
         };
-        let end = Change::from_parts(id.into(), iri, data, false);
+        let end = Change::from_parts(id.into(), iri.to_string(), data, false);
         self.hub.commit_presence(end);
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
             // A clean stop: end what is still connected and leave an empty list.
-            let iris: Vec<String> = self.ends().keys().map(|iri| iri.to_string()).collect();
+            let iris: Vec<Arc<str>> = self.ends().keys().cloned().collect();
             for iri in iris {
                 self.end(iri);
             }

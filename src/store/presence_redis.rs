@@ -130,7 +130,7 @@ impl Keys {
 
 enum Command {
     Start(Box<Pair>),
-    End(String),
+    End(Arc<str>),
 }
 
 /// Presence shared through Redis.
@@ -161,7 +161,7 @@ impl Shared for RedisPresence {
         let _ = self.commands.send(Command::Start(Box::new(pair)));
     }
 
-    fn end(&self, iri: String) {
+    fn end(&self, iri: Arc<str>) {
         let _ = self.commands.send(Command::End(iri));
     }
 
