@@ -194,8 +194,8 @@ impl Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Peer {
     /// A minimal tokio server started by the benchmark (its own binary, as a child
-    /// process) that accepts the same subscribers and only writes pre-encoded events to
-    /// their sockets: this machine's limit.
+    /// process) that accepts the same subscribers and only writes pre-encoded events (the
+    /// bytes relais writes for them) to their sockets: this machine's limit.
     Bare,
     /// Pushpin (Debian package), with a GRIP backend inside the benchmark.
     Pushpin,

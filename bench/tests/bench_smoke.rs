@@ -1,9 +1,9 @@
 //! Smoke run of `relais-bench`: a few subscribers for a couple of seconds, `trickle`,
 //! `burst` and `topics`, with `--json`, and `--peer bare` beside relais. It checks that
 //! the tool still works end to end against the real relais binary (every subscriber gets
-//! every event it is owed exactly once, and the ratios are there) — never timings; the
-//! full benchmark runs are documented in docs/performance.md and kept out of the test
-//! suite.
+//! every event it is owed exactly once, the ratios are there, and `bare` wrote the same
+//! bytes per delivery as relais) — never timings; the full benchmark runs are
+//! documented in docs/performance.md and kept out of the test suite.
 
 use std::path::PathBuf;
 use std::process::Command;
