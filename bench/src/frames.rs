@@ -5,9 +5,10 @@
 //! relais does not forward a Grist row as it came: it writes the normalized event of
 //! `../shared/SPEC.md` ("Normalized events"), with a `urn:uuid:` ID, the mapped fields,
 //! `change`, `changed`, `previous` and every raw column. That is about 2.6 times the
-//! bytes of the row alone. Written from the contract here (not with relais's code), and
-//! checked by the `bytes/delivery` figure of every run, which counts what each server's
-//! subscribers actually read.
+//! bytes of the row alone. Built here from the contract, not by relais's normalization
+//! (only the RFC 3339 formatting of a timestamp is relais's function), and checked by the
+//! `bytes/delivery` figure of every run, which counts what each server's subscribers
+//! actually read.
 
 use serde_json::{json, Map, Value};
 
