@@ -8,8 +8,9 @@
 //! watched for the client closing.
 //!
 //! [`LeanStream`] is a hand-written future, run as the connection's own task once the
-//! request head is handled (see [`super::serve`]): an idle subscriber costs this struct,
-//! its feed's timers and its socket, not the state of every step that led to it.
+//! request head is handled, on the streams' runtime (see [`super::serve`]): an idle
+//! subscriber costs this struct, its feed's timers and its socket, not the state of every
+//! step that led to it.
 
 use std::future::Future;
 use std::io;
@@ -31,9 +32,19 @@ const MAX_IOV: usize = 256;
 /// Frames kept allocated between writes; a larger list is freed once written.
 const KEEP_FRAMES: usize = 64;
 
+/// The stream's socket. The stream is built on the runtime that read its request and runs
+/// on the streams' runtime: the socket leaves the first one's reactor when the stream is
+/// built, and is registered with the second's at its first poll.
+enum Socket {
+    /// Between the two runtimes (`None` once taken, if registering failed).
+    Detached(Option<std::net::TcpStream>),
+    /// Registered with the reactor of the runtime that polls the stream.
+    Attached(TcpStream),
+}
+
 /// A subscription streamed on its own socket; resolves when the stream ends.
 pub struct LeanStream {
-    socket: TcpStream,
+    socket: Socket,
     feed: Feed,
     /// What is being written, and how far: `frames[written.0][written.1..]` is next.
     /// The response head waits here for the feed's first frames, to go out with them.
@@ -48,8 +59,10 @@ pub struct LeanStream {
 
 impl LeanStream {
     /// The stream of `prepared` on `socket`, starting with the response head (with the
-    /// CORS lines `cors`, possibly empty).
-    pub fn new(socket: TcpStream, prepared: Prepared, cors: &str) -> Self {
+    /// CORS lines `cors`, possibly empty). The socket leaves the current runtime's
+    /// reactor: the stream may be run on another runtime.
+    pub fn new(socket: TcpStream, prepared: Prepared, cors: &str) -> io::Result<Self> {
+        let socket = Socket::Detached(Some(socket.into_std()?));
         let mut head = String::from("HTTP/1.1 200 OK\r\n");
         for (name, value) in stream_headers(&prepared) {
             head.push_str(name);
@@ -65,7 +78,7 @@ impl LeanStream {
             end,
             ..
         } = prepared;
-        Self {
+        Ok(Self {
             socket,
             feed,
             frames: vec![Bytes::from(head)],
@@ -74,12 +87,34 @@ impl LeanStream {
             deadline: None,
             write_timeout,
             end,
+        })
+    }
+
+    /// The socket, registered with the current runtime's reactor on the first call;
+    /// `None` if that failed (the stream then ends).
+    fn socket(&mut self) -> Option<&mut TcpStream> {
+        if let Socket::Detached(detached) = &mut self.socket {
+            match detached.take().map(TcpStream::from_std) {
+                Some(Ok(socket)) => self.socket = Socket::Attached(socket),
+                Some(Err(e)) => {
+                    tracing::warn!("cannot register a stream's socket with its runtime: {e}");
+                    return None;
+                }
+                None => return None,
+            }
+        }
+        match &mut self.socket {
+            Socket::Attached(socket) => Some(socket),
+            Socket::Detached(_) => None,
         }
     }
 
     /// Writes what is pending: `Ready(Ok)` once all of it is written.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), EndReason>> {
-        match poll_write_frames(&mut self.socket, cx, &self.frames, &mut self.written) {
+        let Socket::Attached(socket) = &mut self.socket else {
+            return Poll::Ready(Err(EndReason::ClientGone));
+        };
+        match poll_write_frames(socket, cx, &self.frames, &mut self.written) {
             Poll::Ready(Ok(())) => {
                 self.deadline = None;
                 self.written = (0, 0);
@@ -117,12 +152,15 @@ impl LeanStream {
     /// Whether the client closed its side (or the socket failed); a client sends nothing
     /// on a stream, and what it sends anyway is read and dropped.
     fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Socket::Attached(socket) = &mut self.socket else {
+            return Poll::Ready(());
+        };
         let mut scratch = [0u8; 16];
         loop {
-            match self.socket.poll_read_ready(cx) {
+            match socket.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) => match self.socket.try_read(&mut scratch) {
+                Poll::Ready(Ok(())) => match socket.try_read(&mut scratch) {
                     Ok(0) => return Poll::Ready(()),
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -138,6 +176,10 @@ impl Future for LeanStream {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if this.socket().is_none() {
+            this.end.set(EndReason::ClientGone);
+            return Poll::Ready(());
+        }
         if !this.started {
             // The first fill is ready at once (`retry:` at least): it joins the head.
             this.started = true;
