@@ -144,7 +144,7 @@ impl Feed {
                 return Poll::Ready(true);
             }
         }
-        // The order of the former `select!`: shutdown, expiry, live events, heartbeat.
+        // In this order: shutdown, expiry, live events, heartbeat.
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return self.end(EndReason::Shutdown);
         }

@@ -90,22 +90,22 @@ impl LeanStream {
         })
     }
 
-    /// The socket, registered with the current runtime's reactor on the first call;
-    /// `None` if that failed (the stream then ends).
-    fn socket(&mut self) -> Option<&mut TcpStream> {
-        if let Socket::Detached(detached) = &mut self.socket {
-            match detached.take().map(TcpStream::from_std) {
-                Some(Ok(socket)) => self.socket = Socket::Attached(socket),
-                Some(Err(e)) => {
-                    tracing::warn!("cannot register a stream's socket with its runtime: {e}");
-                    return None;
-                }
-                None => return None,
+    /// Registers the socket with the current runtime's reactor if it is not yet; `false`
+    /// if that failed (the stream then ends).
+    fn attach(&mut self) -> bool {
+        let Socket::Detached(detached) = &mut self.socket else {
+            return true;
+        };
+        match detached.take().map(TcpStream::from_std) {
+            Some(Ok(socket)) => {
+                self.socket = Socket::Attached(socket);
+                true
             }
-        }
-        match &mut self.socket {
-            Socket::Attached(socket) => Some(socket),
-            Socket::Detached(_) => None,
+            Some(Err(e)) => {
+                tracing::warn!("cannot register a stream's socket with its runtime: {e}");
+                false
+            }
+            None => false,
         }
     }
 
@@ -176,7 +176,7 @@ impl Future for LeanStream {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.socket().is_none() {
+        if !this.attach() {
             this.end.set(EndReason::ClientGone);
             return Poll::Ready(());
         }

@@ -36,9 +36,6 @@ pub struct Prepared {
     /// Mercure 1.0 requests that asked to resume: the `Mercure-Last-Event-ID` answer (the
     /// asked ID when it is retained, else `earliest`).
     pub resumed_from: Option<String>,
-    /// When the token expires: the writer closes the stream then, even while a write is
-    /// blocked.
-    pub expires_at: Option<tokio::time::Instant>,
     /// Longest one write may stay blocked (`server.write_timeout`).
     pub write_timeout: Duration,
     /// Where the writer records why it ended the stream, for the session log line.
@@ -139,11 +136,12 @@ pub async fn subscribe(
     }
     let Prepared {
         feed,
-        expires_at,
         write_timeout,
         end,
         ..
     } = prepared;
+    // The writer closes the stream at the token's expiry, even while a write is blocked.
+    let expires_at = feed.expires_at();
     let frames = FeedStream(feed).flat_map(futures::stream::iter);
     let body = match control {
         Some(Extension(control)) => Body::from_stream(Guarded::new(
@@ -259,7 +257,6 @@ pub async fn prepare(
         feed,
         history_gap: gap,
         resumed_from,
-        expires_at,
         write_timeout,
         end,
     })
