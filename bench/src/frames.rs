@@ -50,12 +50,13 @@ impl PeerFrames {
         }
     }
 
-    /// The SSE frame relais writes for event `seq` when events are spread over `topics`
-    /// (or over 100 rows when every subscriber gets everything).
-    pub fn frame(&self, seq: u64, topics: Option<u64>) -> String {
+    /// The SSE frame relais writes for event `seq`, whose row the sender built
+    /// ([`row`]), when events are spread over `topics` (or over 100 rows when every
+    /// subscriber gets everything).
+    pub fn frame(&self, seq: u64, now: &Value, topics: Option<u64>) -> String {
         let data = match self {
-            PeerFrames::Mercure => row(seq, row_id(seq, topics)).to_string(),
-            PeerFrames::Grist { source } => normalized(source, seq, topics).to_string(),
+            PeerFrames::Mercure => now.to_string(),
+            PeerFrames::Grist { source } => normalized(source, seq, now, topics).to_string(),
         };
         format!(
             "id: {}\nevent: intervention\ndata: {data}\n\n",
@@ -87,12 +88,11 @@ fn mapped(column: &str, value: &Value) -> Value {
     }
 }
 
-/// The normalized event of event `seq`'s row: the row of the same id sent `T` events
-/// earlier is its previous state (none for the first `T`).
-fn normalized(source: &str, seq: u64, topics: Option<u64>) -> Value {
+/// The normalized event of event `seq`'s row `now`: the row of the same id sent `T`
+/// events earlier is its previous state (none for the first `T`).
+fn normalized(source: &str, seq: u64, now: &Value, topics: Option<u64>) -> Value {
     let id = row_id(seq, topics);
     let t = topics.unwrap_or(100).max(1);
-    let now = row(seq, id);
     let before = seq.checked_sub(t).map(|s| row(s, id));
     let mut event = Map::new();
     event.insert("source".into(), json!(source));
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn an_update_names_what_changed_and_keeps_the_new_marker_first() {
         let frames = PeerFrames::new(Ingest::Grist, "bench");
-        let frame = frames.frame(205, None);
+        let frame = frames.frame(205, &row(205, row_id(205, None)), None);
         let data: Value =
             serde_json::from_str(frame.split("data: ").nth(1).unwrap().trim_end()).unwrap();
         assert_eq!(data["change"], "update");
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn the_first_event_of_a_row_is_an_add_of_every_field() {
-        let data = normalized("bench", 3, Some(10));
+        let data = normalized("bench", 3, &row(3, row_id(3, Some(10))), Some(10));
         assert_eq!(data["change"], "add");
         assert_eq!(data["changed"].as_array().unwrap().len(), MAPPED.len());
         assert_eq!(data["previous"], json!({}));

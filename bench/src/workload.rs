@@ -272,12 +272,12 @@ impl Sender {
                 frames,
             } => {
                 let mut body = Vec::with_capacity(rows.len() * 1024);
-                for (seq, _) in &rows {
+                for (seq, row) in &rows {
                     let topic = match topics {
                         Some(t) => topic_of(seq % *t),
                         None => "*".to_string(),
                     };
-                    let frame = frames.frame(*seq, *topics);
+                    let frame = frames.frame(*seq, row, *topics);
                     body.extend_from_slice(format!("{topic}\n{}\n", frame.len()).as_bytes());
                     body.extend_from_slice(frame.as_bytes());
                 }
@@ -298,7 +298,7 @@ impl Sender {
             } => {
                 let items: Vec<serde_json::Value> = rows
                     .iter()
-                    .map(|(seq, _)| {
+                    .map(|(seq, row)| {
                         let channel = match topics {
                             Some(t) => topic_of(seq % *t),
                             None => channel.clone(),
@@ -306,7 +306,7 @@ impl Sender {
                         json!({
                             "channel": channel,
                             "id": seq.to_string(),
-                            "formats": {"http-stream": {"content": frames.frame(*seq, *topics)}},
+                            "formats": {"http-stream": {"content": frames.frame(*seq, row, *topics)}},
                         })
                     })
                     .collect();
