@@ -15,11 +15,14 @@
 //!   are dropped again when it is read back.
 //! - `record_log`: one row per group commit, the record states it wrote (and the records
 //!   it forgot), compressed together.
-//! - `records`: the state and last event of each record as of the last fold. Once the
-//!   log holds 16 MiB ([`FOLD_BYTES`]), it is folded into the table in the group's own
-//!   transaction, so a record changed by every request is rewritten in place once per
-//!   fold instead of once per group. Opening the database first folds what the log
-//!   still holds, then reads the table.
+//! - `records`: the state and last event of each record as of its last fold. A log row
+//!   whose every change a later row overtook is deleted unread, in the transaction that
+//!   overtakes it ([`super::live_log`] tracks which rows still hold a latest change).
+//!   Once the rows left hold more than 16 MiB ([`FOLD_BYTES`]), the oldest are folded
+//!   into the table, a row at a time in each group's own transaction: a record changed
+//!   by every request is rewritten in place rarely, if ever, and no commit waits for a
+//!   whole log to be folded. Opening the database folds what the log still holds, then
+//!   reads the table.
 //!
 //! Databases of earlier versions kept one row per event in `events`: opening one moves
 //! those rows into `batches`, once.
@@ -29,6 +32,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::live_log::LiveLog;
 use super::rows::{ChangeRef, RecordChange};
 
 use crate::hub::history::event_size;
@@ -153,9 +157,11 @@ pub struct Disk {
     window: VecDeque<(i64, usize)>,
     bytes: usize,
     next_seq: i64,
-    /// Bytes in `record_log`, not yet folded into `records`.
-    log_bytes: usize,
-    /// The log is folded once it holds this many bytes ([`FOLD_BYTES`]; lower in tests).
+    /// The log rows still holding some record's latest change; `None` after a failed
+    /// transaction, read again from the log before the next one.
+    live: Option<LiveLog>,
+    /// The oldest live rows are folded while they hold more than this many bytes
+    /// ([`FOLD_BYTES`]; lower in tests).
     fold_bytes: usize,
 }
 
@@ -191,9 +197,10 @@ fn topics_text(topics: &[String]) -> String {
     serde_json::to_string(topics).unwrap_or_else(|_| "[]".into())
 }
 
-/// `record_log` is folded into `records` once it holds this many bytes: a record changed
-/// by every group is rewritten in place once per fold, not once per group, and a start
-/// replays at most this much.
+/// The live rows of `record_log` (those still holding some record's latest change) are
+/// folded into `records`, oldest first, while they hold more than this many bytes: a
+/// record changed again within that much log is never rewritten in place, and a start
+/// replays about this much at most.
 const FOLD_BYTES: usize = 16 << 20;
 
 /// A record as the `records` table and the log hold it, its state still encoded.
@@ -206,6 +213,42 @@ struct RawRecord {
 /// Each record's latest logged change: its new state, or `None` once forgotten.
 type Latest = HashMap<(String, String), Option<RawRecord>>;
 
+/// A logged change as the key it is for and the state it leaves (`None`: forgotten).
+fn split(change: RecordChange) -> ((String, String), Option<RawRecord>) {
+    match change {
+        RecordChange::Put {
+            source,
+            key,
+            state,
+            changed_at,
+            last,
+        } => (
+            (source, key),
+            Some(RawRecord {
+                state,
+                changed_at,
+                last,
+            }),
+        ),
+        RecordChange::Forget { source, key } => ((source, key), None),
+    }
+}
+
+/// Reads and decodes the logged row `seq`; `None` if it is unreadable (with a warning:
+/// what cannot be read cannot be applied).
+fn decode_row(seq: i64, bytes: &[u8]) -> Option<Vec<RecordChange>> {
+    match super::rows::decode_changes(bytes) {
+        Ok(group) => Some(group),
+        Err(e) => {
+            tracing::warn!(
+                seq,
+                "ignoring an unreadable logged group of record changes: {e}"
+            );
+            None
+        }
+    }
+}
+
 /// Applies the changes logged in `record_log` over `latest`, oldest first, each group's
 /// in its order.
 fn replay_log(conn: &Connection, latest: &mut Latest) -> Result<(), DiskError> {
@@ -213,71 +256,102 @@ fn replay_log(conn: &Connection, latest: &mut Latest) -> Result<(), DiskError> {
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
     for row in rows {
         let (seq, bytes) = row?;
-        let group = match super::rows::decode_changes(&bytes) {
-            Ok(group) => group,
-            Err(e) => {
-                tracing::warn!(
-                    seq,
-                    "ignoring an unreadable logged group of record changes: {e}"
-                );
-                continue;
-            }
-        };
-        for change in group {
-            match change {
-                RecordChange::Put {
-                    source,
-                    key,
-                    state,
-                    changed_at,
-                    last,
-                } => latest.insert(
-                    (source, key),
-                    Some(RawRecord {
-                        state,
-                        changed_at,
-                        last,
-                    }),
-                ),
-                RecordChange::Forget { source, key } => latest.insert((source, key), None),
-            };
+        for change in decode_row(seq, &bytes).unwrap_or_default() {
+            let (key, record) = split(change);
+            latest.insert(key, record);
         }
     }
     Ok(())
 }
 
-/// Applies the logged changes to `records` and empties the log, in the caller's
-/// transaction.
+/// The live rows of the log, read from it (after a failed transaction, whose changes to
+/// the index were not written), and the rows that hold no latest change or cannot be
+/// read: replaying the log gives the same records without them.
+fn read_live(conn: &Connection) -> Result<(LiveLog, Vec<i64>), DiskError> {
+    let mut live = LiveLog::default();
+    let mut dead = Vec::new();
+    let mut stmt = conn.prepare_cached("SELECT seq, changes FROM record_log ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    for row in rows {
+        let (seq, bytes) = row?;
+        let Some(group) = decode_row(seq, &bytes) else {
+            dead.push(seq);
+            continue;
+        };
+        let keys = group.iter().map(|c| match c {
+            RecordChange::Put { source, key, .. } | RecordChange::Forget { source, key } => {
+                (source.as_str(), key.as_str())
+            }
+        });
+        dead.extend(live.logged(seq, bytes.len(), keys));
+    }
+    Ok((live, dead))
+}
+
+/// Writes a record's folded state into `records`, or deletes it (`None`: forgotten).
+fn put_record(
+    conn: &Connection,
+    source: &str,
+    key: &str,
+    record: Option<&RawRecord>,
+) -> Result<(), DiskError> {
+    match record {
+        Some(r) => {
+            let last = r.last.as_ref();
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                source,
+                key,
+                r.state,
+                r.changed_at as i64,
+                last.map(|e| e.id.as_str()),
+                last.map(|e| topics_text(&e.topics)),
+                last.and_then(|e| e.event_type.as_deref()),
+                last.map(|e| e.data.as_str()),
+                last.map(|e| e.private as i64),
+                last.and_then(|e| e.retry.map(|r| r as i64)),
+            ])?;
+        }
+        None => {
+            conn.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?
+                .execute(params![source, key])?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the whole log to `records` and empties it, in the caller's transaction (on
+/// open).
 fn fold(tx: &rusqlite::Transaction<'_>) -> Result<(), DiskError> {
     let mut latest = Latest::new();
     replay_log(tx, &mut latest)?;
-    let mut upsert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO records (source, key, state, changed_at, last_id, last_topics, last_type, last_data, last_private, last_retry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    let mut delete = tx.prepare_cached("DELETE FROM records WHERE source = ?1 AND key = ?2")?;
     for ((source, key), record) in &latest {
-        match record {
-            Some(r) => {
-                let last = r.last.as_ref();
-                upsert.execute(params![
-                    source,
-                    key,
-                    r.state,
-                    r.changed_at as i64,
-                    last.map(|e| e.id.as_str()),
-                    last.map(|e| topics_text(&e.topics)),
-                    last.and_then(|e| e.event_type.as_deref()),
-                    last.map(|e| e.data.as_str()),
-                    last.map(|e| e.private as i64),
-                    last.and_then(|e| e.retry.map(|r| r as i64)),
-                ])?;
-            }
-            None => {
-                delete.execute(params![source, key])?;
-            }
-        }
+        put_record(tx, source, key, record.as_ref())?;
     }
     tx.execute("DELETE FROM record_log", [])?;
+    Ok(())
+}
+
+/// Folds the log row `seq` into `records`: the changes in it that are still their
+/// record's latest are written, the others skipped (a later row holds them), and the
+/// row is deleted.
+fn fold_row(conn: &Connection, live: &mut LiveLog, seq: i64) -> Result<(), DiskError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT changes FROM record_log WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()?;
+    let group = bytes.and_then(|bytes| decode_row(seq, &bytes));
+    for change in group.unwrap_or_default() {
+        let ((source, key), record) = split(change);
+        if live.take_latest(seq, &source, &key) {
+            put_record(conn, &source, &key, record.as_ref())?;
+        }
+    }
+    conn.prepare_cached("DELETE FROM record_log WHERE seq = ?1")?
+        .execute([seq])?;
+    live.folded(seq);
     Ok(())
 }
 
@@ -483,7 +557,7 @@ impl Disk {
             window,
             bytes: bytes_total,
             next_seq,
-            log_bytes: 0,
+            live: Some(LiveLog::default()),
             fold_bytes: FOLD_BYTES,
         };
         // Limits may have been lowered since the last run.
@@ -541,7 +615,18 @@ impl Disk {
     ) -> Result<(), DiskError> {
         let tx = self.conn.transaction()?;
         let (window, bytes) = (&mut self.window, &mut self.bytes);
-        let mut log_bytes = self.log_bytes;
+        // The index leaves while the transaction may fail: it changes with it.
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => {
+                let (live, dead) = read_live(&tx)?;
+                for seq in dead {
+                    tx.prepare_cached("DELETE FROM record_log WHERE seq = ?1")?
+                        .execute([seq])?;
+                }
+                live
+            }
+        };
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO batches (seq, last_seq, events) VALUES (?1, ?2, ?3)",
@@ -590,9 +675,19 @@ impl Disk {
             }
             if !changes.is_empty() {
                 let blob = super::rows::encode_changes(&changes);
-                log_bytes += blob.len();
+                let size = blob.len();
                 tx.prepare_cached("INSERT INTO record_log (changes) VALUES (?1)")?
                     .execute([blob])?;
+                let seq = tx.last_insert_rowid();
+                let keys = changes.iter().map(|c| match c {
+                    ChangeRef::Put { source, key, .. } | ChangeRef::Forget { source, key } => {
+                        (*source, *key)
+                    }
+                });
+                for dead in live.logged(seq, size, keys) {
+                    tx.prepare_cached("DELETE FROM record_log WHERE seq = ?1")?
+                        .execute([dead])?;
+                }
             }
         }
         let mut upto = None;
@@ -607,12 +702,12 @@ impl Disk {
             tx.prepare_cached("DELETE FROM batches WHERE last_seq <= ?1")?
                 .execute([upto])?;
         }
-        if log_bytes >= self.fold_bytes {
-            fold(&tx)?;
-            log_bytes = 0;
+        while live.bytes() > self.fold_bytes {
+            let Some(oldest) = live.oldest() else { break };
+            fold_row(&tx, &mut live, oldest)?;
         }
         tx.commit()?;
-        self.log_bytes = log_bytes;
+        self.live = Some(live);
         Ok(())
     }
 
@@ -881,5 +976,164 @@ mod tests {
         assert_eq!(four.2.last.as_ref().map(|e| e.data.as_str()), Some("e"));
         assert_eq!(rows_in(&path, "record_log"), 0);
         assert_eq!(rows_in(&path, "records"), 2);
+    }
+
+    /// One group writing `puts` (key, value) and forgetting `forgets`, for source "s".
+    fn write_group(disk: &mut Disk, puts: &[(String, String)], forgets: &[String]) {
+        let events = [EventDraft::new(vec!["r".into()], "e")];
+        let rows: Vec<RecordRow> = puts.iter().map(|(k, v)| row(k, v, Some(0))).collect();
+        let forget: Vec<(String, String)> = forgets
+            .iter()
+            .map(|k| ("s".to_string(), k.clone()))
+            .collect();
+        let group = [GroupWrite {
+            source: "s",
+            events: &events,
+            records: &rows,
+            changed_at: 1,
+        }];
+        disk.commit_group(&group, &forget).unwrap();
+    }
+
+    fn stored(path: &Path) -> Vec<(String, Option<String>)> {
+        let conn = Connection::open(path).unwrap();
+        let read = Loaded {
+            records: read_records(&conn).unwrap(),
+            ..Loaded::default()
+        };
+        states(&read)
+    }
+
+    #[test]
+    fn a_log_row_leaves_unread_once_later_rows_overtook_every_change_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let put = |k: &str, v: &str| (k.to_string(), v.to_string());
+        write_group(&mut disk, &[put("a", "1"), put("b", "1")], &[]);
+        write_group(&mut disk, &[put("a", "2")], &[]);
+        assert_eq!(rows_in(&path, "record_log"), 2);
+        // "b" forgotten: the first row holds nothing current any more.
+        write_group(&mut disk, &[], &["b".to_string()]);
+        assert_eq!(rows_in(&path, "record_log"), 2);
+        write_group(&mut disk, &[put("a", "3")], &[]);
+        assert_eq!(rows_in(&path, "record_log"), 2, "the row of a=2 left too");
+        assert_eq!(
+            rows_in(&path, "records"),
+            0,
+            "nothing folded: the log is small"
+        );
+        assert_eq!(stored(&path), [("a".to_string(), Some("3".to_string()))]);
+    }
+
+    #[test]
+    fn the_oldest_live_rows_are_folded_one_at_a_time_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let put = |k: &str| (k.to_string(), format!("{k}-value"));
+        write_group(&mut disk, &[put("a")], &[]);
+        let one_row = disk.live.as_ref().unwrap().bytes();
+        // Room for two rows of this size.
+        disk.fold_bytes = one_row * 2 + one_row / 2;
+        write_group(&mut disk, &[put("b")], &[]);
+        assert_eq!(rows_in(&path, "records"), 0);
+        write_group(&mut disk, &[put("c")], &[]);
+        assert_eq!(
+            (rows_in(&path, "records"), rows_in(&path, "record_log")),
+            (1, 2),
+            "the oldest row, and only it, is folded"
+        );
+        write_group(&mut disk, &[put("d")], &[]);
+        assert_eq!(
+            (rows_in(&path, "records"), rows_in(&path, "record_log")),
+            (2, 2)
+        );
+        let expected: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| (k.to_string(), Some(format!("{k}-value"))))
+            .collect();
+        assert_eq!(stored(&path), expected);
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_the_log_index_as_the_database_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
+        let put = |k: &str, v: &str| (k.to_string(), v.to_string());
+        write_group(&mut disk, &[put("a", "1"), put("b", "1")], &[]);
+        // The group that overtakes the first row fails as it deletes that row, after
+        // the index noted it: the row stays, and the index must say so.
+        disk.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER fail BEFORE DELETE ON record_log
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        let events = [EventDraft::new(vec!["r".into()], "e")];
+        let rows = [row("a", "2", Some(0)), row("b", "2", Some(0))];
+        let group = [GroupWrite {
+            source: "s",
+            events: &events,
+            records: &rows,
+            changed_at: 1,
+        }];
+        let failed = disk.commit_group(&group, &[]).unwrap_err();
+        assert!(failed.to_string().contains("injected"), "{failed}");
+        disk.conn.execute_batch("DROP TRIGGER fail").unwrap();
+        // The next group folds every row: the first one's changes are still current.
+        disk.fold_bytes = 0;
+        write_group(&mut disk, &[put("c", "1")], &[]);
+        assert_eq!(rows_in(&path, "record_log"), 0);
+        let one = |k: &str| (k.to_string(), Some("1".to_string()));
+        assert_eq!(rows_in(&path, "records"), 3);
+        assert_eq!(stored(&path), [one("a"), one("b"), one("c")]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the groups write and forget, and however small the fold limit, the
+        /// database reads back (running, then reopened) as the groups left the records.
+        #[test]
+        fn the_log_and_its_folds_read_back_as_the_groups_left_the_records(
+            groups in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0..12u8, 0..4u8), 0..6),
+                    proptest::collection::vec(0..12u8, 0..3),
+                ),
+                1..40,
+            ),
+            fold_rows in 0..6usize,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store.sqlite");
+            let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
+            // Rows are 60-100 bytes: a limit of a few rows folds often.
+            disk.fold_bytes = fold_rows * 80;
+            let mut model = std::collections::BTreeMap::new();
+            for (puts, forgets) in &groups {
+                let puts: Vec<(String, String)> =
+                    puts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let forgets: Vec<String> = forgets.iter().map(|k| k.to_string()).collect();
+                write_group(&mut disk, &puts, &forgets);
+                // As the writer does: a record written by the group is not forgotten.
+                for k in &forgets {
+                    if !puts.iter().any(|(p, _)| p == k) {
+                        model.remove(k);
+                    }
+                }
+                for (k, v) in puts {
+                    model.insert(k, Some(v));
+                }
+                let expected: Vec<_> = model.clone().into_iter().collect();
+                proptest::prop_assert_eq!(stored(&path), expected);
+            }
+            drop(disk);
+            let (_, loaded) = Disk::open(&path, 100, 1 << 20).unwrap();
+            let expected: Vec<_> = model.into_iter().collect();
+            proptest::prop_assert_eq!(states(&loaded), expected);
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! test suite (`tests/store_contract.rs`) runs against all three.
 
 pub mod disk;
+pub mod live_log;
 pub mod local;
 pub mod presence_disk;
 pub mod presence_redis;
