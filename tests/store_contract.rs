@@ -478,6 +478,80 @@ async fn the_disk_store_reloads_history_and_records() {
     );
 }
 
+/// A transaction that fails (a trigger refuses it here, as a full disk would) refuses its
+/// requests and every request planned on them, and changes nothing in memory or on
+/// disk; once the disk takes writes again, requests commit from the durable states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_refuses_its_requests_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.state_dir = Some(dir.path().to_path_buf());
+    let open = || async {
+        let hub = hub();
+        let store = Store::open(&config, hub.clone(), CancellationToken::new())
+            .await
+            .unwrap();
+        (hub, store)
+    };
+    let (hub, store) = open().await;
+    let keys = vec!["k".to_string()];
+    let plan = increment("s", "k".into());
+    store.ingest("s", &keys, &plan).await.unwrap();
+
+    let other = rusqlite::Connection::open(dir.path().join("store.sqlite")).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER full BEFORE INSERT ON batches BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        )
+        .unwrap();
+    // Concurrent requests: some share a group, later ones plan on earlier ones.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (store, keys) = (store.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            store.ingest("s", &keys, &increment("s", "k".into())).await
+        }));
+    }
+    for task in tasks {
+        let refused = task.await.unwrap();
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
+    let draft = EventDraft::new(vec!["t".into()], "x").with_id("order-1");
+    let refused = store.publish(draft.clone()).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(hub.retained(), 1, "no refused event reached the hub");
+    assert_eq!(
+        store.load_records("s", &keys).await.unwrap()["k"],
+        record(1)
+    );
+
+    other.execute_batch("DROP TRIGGER full;").unwrap();
+    store.ingest("s", &keys, &plan).await.unwrap();
+    assert_eq!(
+        store.publish(draft).await.unwrap(),
+        Published::New("order-1".into()),
+        "the refused ID was never published"
+    );
+    assert_eq!(
+        store.load_records("s", &keys).await.unwrap()["k"],
+        record(2)
+    );
+    assert_eq!(hub.retained(), 3);
+    drop((hub, store));
+    let (hub, store) = open().await;
+    assert_eq!(
+        store.load_records("s", &keys).await.unwrap()["k"],
+        record(2)
+    );
+    assert_eq!(hub.retained(), 3, "on disk as in memory");
+}
+
 #[tokio::test]
 async fn the_alert_queue_hands_out_what_was_pushed_and_forgets_it_once_acknowledged() {
     use relais::alerts::{Alert, Message};

@@ -119,11 +119,10 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
 /// The runtime the lean streams run on, apart from the one that accepts connections and
 /// answers requests.
 ///
-/// Why two: a commit wakes every subscriber of its events, and a task woken from outside
-/// a runtime (the disk store's applier thread) joins the back of that runtime's shared
-/// queue. On one runtime, a webhook whose answer waited for its group commit was queued
-/// behind the writes of every subscriber still to be served for the events before it
-/// (about 50 ms at 10,000 subscribers on two cores), so publishers that wait for their
+/// Why two: a commit wakes every subscriber of its events, and the tasks it wakes queue
+/// behind one another on their runtime. On one runtime, a webhook whose answer waited
+/// for its group commit was queued behind the writes of every subscriber still to be
+/// served for the events before it (about 50 ms at 10,000 subscribers on two cores), so publishers that wait for their
 /// answers were held to a fraction of the rate the fan-out keeps up with. Requests now
 /// queue only behind requests, and the operating system shares the cores between the
 /// two runtimes' threads.

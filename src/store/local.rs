@@ -8,13 +8,16 @@
 //! Memory only, a request is applied under the lock. With a database, requests are
 //! committed in groups (group commit): a request plans under the lock against the
 //! durable record states plus the states planned by requests still waiting for their
-//! commit, queues its rows and waits. Two threads then carry the groups, one behind the
+//! commit, queues its rows and waits. Two workers then carry the groups, one behind the
 //! other:
-//! - the writer (`relais-store`) takes every queued request, writes them all in one
-//!   SQLite transaction with one sync, hands the group to the applier and takes the
-//!   next group;
-//! - the applier (`relais-apply`) takes every group written, hands their events to the
-//!   hub, applies their record states and answers each request, in commit order.
+//! - the writer (the `relais-store` thread: SQLite blocks) takes every queued request,
+//!   writes them all in one SQLite transaction with one sync, hands the group to the
+//!   applier and takes the next group;
+//! - the applier (a task on the server's runtime) takes every group written, hands their
+//!   events to the hub, applies their record states and answers each request, in commit
+//!   order. A task rather than a thread: the requests it answers join the queue of the
+//!   worker it runs on, with no thread to wake for each group and no hand-over from
+//!   outside the runtime (`docs/performance.md` has the figures of both).
 //!
 //! So a webhook is acknowledged only once the transaction holding its rows is durable,
 //! and the hub never streams an event that a crash could take back, while the next
@@ -31,7 +34,7 @@ use std::thread::JoinHandle;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::disk::{Disk, GroupWrite, RecordRow};
 use super::records::{now_ms, Key, Records};
@@ -45,8 +48,6 @@ pub struct LocalStore {
     shared: Arc<Shared>,
     /// The group-commit writer (disk store only).
     writer: Option<JoinHandle<()>>,
-    /// The thread that applies written groups and answers their requests (disk store).
-    applier: Option<JoinHandle<()>>,
     describe: String,
 }
 
@@ -56,11 +57,9 @@ struct Shared {
     /// Wakes the writer when a request is queued or the store closes.
     wake: Condvar,
     /// Wakes the applier when a group is written or the writer stops.
-    to_apply: Condvar,
-    /// Tells the writer the applier has applied what it took.
-    applied: Condvar,
-    /// The number of the last request settled: applied and answered by the applier, or
-    /// refused after a failed commit.
+    to_apply: Notify,
+    /// The number of the last request settled: applied and answered, or refused after a
+    /// failed commit.
     settled: watch::Sender<u64>,
 }
 
@@ -81,8 +80,6 @@ struct Inner {
     closing: bool,
     /// Disk store: groups written (durable, not yet applied), oldest first.
     written: VecDeque<Vec<Job>>,
-    /// Disk store: the applier holds groups it has not applied yet.
-    applying: bool,
     /// Disk store: the writer has stopped (the applier stops once it drained).
     writer_stopped: bool,
 }
@@ -112,16 +109,13 @@ impl LocalStore {
                     forget: Vec::new(),
                     closing: false,
                     written: VecDeque::new(),
-                    applying: false,
                     writer_stopped: false,
                 }),
                 wake: Condvar::new(),
-                to_apply: Condvar::new(),
-                applied: Condvar::new(),
+                to_apply: Notify::new(),
                 settled,
             }),
             writer: None,
-            applier: None,
             describe,
         }
     }
@@ -139,7 +133,7 @@ impl LocalStore {
     }
 
     /// The disk store at `path`: loads its history into `hub` and its record states,
-    /// and starts the group-commit writer.
+    /// and starts the group-commit writer and, on the current tokio runtime, the applier.
     pub fn open(path: &Path, hub: Arc<Hub>, config: &Config) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError::Disk {
             path: path.display().to_string(),
@@ -148,6 +142,8 @@ impl LocalStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| fail(format!("the disk store needs a tokio runtime: {e}")))?;
         let (disk, loaded) = Disk::open(path, config.hub.history_size, config.hub.history_bytes)
             .map_err(|e| fail(e.to_string()))?;
         let events = loaded.events.len();
@@ -188,12 +184,7 @@ impl LocalStore {
             "relais_store_committed_requests_total",
             "Requests (webhooks, publishes) made durable by the disk store's group commits"
         );
-        let shared = store.shared.clone();
-        let applier = std::thread::Builder::new()
-            .name("relais-apply".into())
-            .spawn(move || shared.apply_groups())
-            .map_err(|e| fail(format!("cannot start the store's applier: {e}")))?;
-        store.applier = Some(applier);
+        runtime.spawn(store.shared.clone().apply_groups());
         let shared = store.shared.clone();
         let writer = std::thread::Builder::new()
             .name("relais-store".into())
@@ -426,7 +417,7 @@ impl Shared {
                 }
                 if inner.queue.is_empty() {
                     inner.writer_stopped = true;
-                    self.to_apply.notify_all();
+                    self.to_apply.notify_one();
                     return;
                 }
                 let mut forget = std::mem::take(&mut inner.forget);
@@ -453,19 +444,20 @@ impl Shared {
                     metrics::counter!("relais_store_committed_requests_total")
                         .increment(jobs.len() as u64);
                     inner.written.push_back(jobs);
+                    drop(inner);
                     self.to_apply.notify_one();
                 }
                 Err(e) => {
                     tracing::error!("store commit failed, {} requests refused: {e}", jobs.len());
-                    // The groups written before this one still apply their states: wait
-                    // for them, then drop what later requests planned on this one.
-                    while !inner.written.is_empty() || inner.applying {
-                        inner = self.applied.wait(inner).unwrap_or_else(|p| p.into_inner());
-                    }
+                    // The groups written before this one still apply their states (here,
+                    // if the applier has not taken them yet), then what later requests
+                    // planned on this one is dropped.
+                    let (applied, wakeups) = self.apply_locked(&mut inner);
                     inner.forget.extend(forget);
-                    let answers = Self::refuse(&mut inner, jobs, &format!("commit failed: {e}"));
+                    let refused = Self::refuse(&mut inner, jobs, &format!("commit failed: {e}"));
                     drop(inner);
-                    self.answer(answers, Wakeups::default());
+                    self.answer(applied, wakeups);
+                    self.answer(refused, Wakeups::default());
                 }
             }
         }
@@ -486,9 +478,9 @@ impl Shared {
         answers
     }
 
-    /// Tells the requests their outcome, then wakes the subscribers of their events:
-    /// woken from this thread, every task joins the runtime's one shared queue, and an
-    /// answer behind 10,000 subscribers' writes would wait for all of them.
+    /// Tells the requests their outcome, then wakes the subscribers of their events: the
+    /// woken tasks queue in that order, and an answer behind 10,000 subscribers' writes
+    /// would wait for all of them.
     fn answer(&self, answers: Answers, wakeups: Wakeups) {
         self.settled
             .send_modify(|settled| *settled = (*settled).max(answers.last));
@@ -500,55 +492,55 @@ impl Shared {
     }
 
     /// The applier: hands the events of every group written to the hub, applies their
-    /// record states and answers their requests, in commit order.
-    fn apply_groups(&self) {
+    /// record states and answers their requests, in commit order, until the writer has
+    /// stopped and everything it wrote is applied.
+    async fn apply_groups(self: Arc<Self>) {
         loop {
-            let groups = {
-                let mut inner = self.lock();
-                while inner.written.is_empty() && !inner.writer_stopped {
-                    inner = self.to_apply.wait(inner).unwrap_or_else(|p| p.into_inner());
-                }
-                if inner.written.is_empty() {
-                    return;
-                }
-                inner.applying = true;
-                std::mem::take(&mut inner.written)
-            };
-            let mut answers = Answers::default();
-            let mut wakeups = Wakeups::default();
+            self.to_apply.notified().await;
             let mut inner = self.lock();
-            for job in groups.into_iter().flatten() {
-                answers.last = job.number;
-                for draft in &job.events {
-                    inner.pending_ids.remove(&draft.id);
-                }
-                // One hub commit per request: one wake-up per subscriber.
-                let (committed, woken) = self.commit_to_hub_deferred(job.events);
-                wakeups.extend(woken);
-                for r in job.records {
-                    let key = (job.source.clone(), r.key);
-                    if !inner.forget.is_empty() {
-                        // Evicted by an earlier group, written again by this one.
-                        inner.forget.retain(|k| k != &key);
-                    }
-                    if inner
-                        .planned
-                        .get(&key)
-                        .is_some_and(|(_, n)| *n == job.number)
-                    {
-                        inner.planned.remove(&key);
-                    }
-                    let last = r.event.and_then(|i| committed.get(i).cloned().flatten());
-                    let evicted = inner.records.put(key, r.state, last, job.changed_at);
-                    inner.forget.extend(evicted);
-                }
-                answers.list.push((job.done, Ok(())));
-            }
-            inner.applying = false;
+            let (answers, wakeups) = self.apply_locked(&mut inner);
+            let stopped = inner.writer_stopped && inner.written.is_empty();
             drop(inner);
-            self.applied.notify_all();
             self.answer(answers, wakeups);
+            if stopped {
+                return;
+            }
         }
+    }
+
+    /// Applies every group written so far (under the lock), returning their answers and
+    /// the subscribers to wake, for the caller to send once the lock is released.
+    fn apply_locked(&self, inner: &mut Inner) -> (Answers, Wakeups) {
+        let mut answers = Answers::default();
+        let mut wakeups = Wakeups::default();
+        for job in std::mem::take(&mut inner.written).into_iter().flatten() {
+            answers.last = job.number;
+            for draft in &job.events {
+                inner.pending_ids.remove(&draft.id);
+            }
+            // One hub commit per request: one wake-up per subscriber.
+            let (committed, woken) = self.commit_to_hub_deferred(job.events);
+            wakeups.extend(woken);
+            for r in job.records {
+                let key = (job.source.clone(), r.key);
+                if !inner.forget.is_empty() {
+                    // Evicted by an earlier group, written again by this one.
+                    inner.forget.retain(|k| k != &key);
+                }
+                if inner
+                    .planned
+                    .get(&key)
+                    .is_some_and(|(_, n)| *n == job.number)
+                {
+                    inner.planned.remove(&key);
+                }
+                let last = r.event.and_then(|i| committed.get(i).cloned().flatten());
+                let evicted = inner.records.put(key, r.state, last, job.changed_at);
+                inner.forget.extend(evicted);
+            }
+            answers.list.push((job.done, Ok(())));
+        }
+        (answers, wakeups)
     }
 }
 
@@ -569,14 +561,15 @@ impl Drop for LocalStore {
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
                 tracing::error!("the store writer panicked");
-                self.lock().writer_stopped = true;
-                self.shared.to_apply.notify_all();
             }
-        }
-        if let Some(applier) = self.applier.take() {
-            if applier.join().is_err() {
-                tracing::error!("the store's applier panicked");
-            }
+            // What the writer made durable is applied and answered here: the applier
+            // task may not run again (a runtime shutting down drops its tasks).
+            let mut inner = self.lock();
+            inner.writer_stopped = true;
+            let (answers, wakeups) = self.shared.apply_locked(&mut inner);
+            drop(inner);
+            self.shared.answer(answers, wakeups);
+            self.shared.to_apply.notify_one();
         }
     }
 }
