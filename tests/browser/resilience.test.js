@@ -5,6 +5,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import {
   startRelais, tokens, publish, intervention, launchBrowser, newPage, waitForState,
   waitForStats, activeRows, waitForToast, artifact, startProxy, freePort, postGristRows, gristRow,
@@ -71,7 +72,11 @@ test('relais restart: reconnexion and resume without loss (history kept on disk)
   const port = await freePort();
   let relais = await startRelais({ port });
   const stateDir = relais.stateDir;
-  t.after(() => relais.dispose());
+  // The restarted relais shares the directory without owning it: removed here.
+  t.after(async () => {
+    await relais.dispose();
+    rmSync(stateDir, { recursive: true, force: true });
+  });
   const tok = tokens(stateDir);
 
   assert.equal(await postGristRows(relais, [gristRow(1, { location: 'Avant redémarrage' })]), 200);
@@ -107,7 +112,11 @@ test('memory-only relais restart: gap detected, view rebuilt from the snapshot, 
   const env = { RELAIS_HUB__PERSIST: 'false' };
   let relais = await startRelais({ port, env });
   const stateDir = relais.stateDir;
-  t.after(() => relais.dispose());
+  // The restarted relais shares the directory without owning it: removed here.
+  t.after(async () => {
+    await relais.dispose();
+    rmSync(stateDir, { recursive: true, force: true });
+  });
   const tok = tokens(stateDir);
 
   assert.equal(await postGristRows(relais, [gristRow(1, { location: 'Avant redémarrage' })]), 200);
