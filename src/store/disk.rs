@@ -16,9 +16,8 @@
 //! - `record_log`: one row per group commit, the record states it wrote (and the records
 //!   it forgot), compressed together.
 //! - `records`: the state and last event of each record as of its last fold. A log row
-//!   whose every change a later row overtook is deleted unread, with others once they
-//!   hold 256 KiB ([`DEAD_BYTES`]) and always before a fold ([`super::live_log`] tracks
-//!   which rows still hold a latest change).
+//!   whose every change a later row overtook is deleted unread, in the transaction that
+//!   overtakes it ([`super::live_log`] tracks which rows still hold a latest change).
 //!   Once the rows left hold more than 16 MiB ([`FOLD_BYTES`]), the oldest are folded
 //!   into the table, a row at a time in each group's own transaction: a record changed
 //!   by every request is rewritten in place rarely, if ever, and no commit waits for a
@@ -164,9 +163,6 @@ pub struct Disk {
     /// The oldest live rows are folded while they hold more than this many bytes
     /// ([`FOLD_BYTES`]; lower in tests).
     fold_bytes: usize,
-    /// Dead log rows are deleted once they hold this many bytes ([`DEAD_BYTES`]; 0 in
-    /// tests).
-    dead_bytes: usize,
 }
 
 /// Pops the oldest events beyond the limits (keeping the newest); returns the last
@@ -206,12 +202,6 @@ fn topics_text(topics: &[String]) -> String {
 /// record changed again within that much log is never rewritten in place, and a start
 /// replays about this much at most.
 const FOLD_BYTES: usize = 16 << 20;
-
-/// Log rows that hold no record's latest change are deleted together once they hold this
-/// many bytes: deleted as each dies, every commit of a slow stream of webhooks (each
-/// overtaking the row of a record's previous change) also rewrote an older page of the
-/// log, which showed in its latency. Replaying the log is the same with them or without.
-const DEAD_BYTES: usize = 256 << 10;
 
 /// A record as the `records` table and the log hold it, its state still encoded.
 struct RawRecord {
@@ -293,9 +283,8 @@ fn read_live(conn: &Connection) -> Result<(LiveLog, Vec<i64>), DiskError> {
                 (source.as_str(), key.as_str())
             }
         });
-        live.logged(seq, bytes.len(), keys);
+        dead.extend(live.logged(seq, bytes.len(), keys));
     }
-    dead.extend(live.take_dead(0));
     Ok((live, dead))
 }
 
@@ -570,7 +559,6 @@ impl Disk {
             next_seq,
             live: Some(LiveLog::default()),
             fold_bytes: FOLD_BYTES,
-            dead_bytes: DEAD_BYTES,
         };
         // Limits may have been lowered since the last run.
         let trimmed = disk.trim_plan();
@@ -696,8 +684,7 @@ impl Disk {
                         (*source, *key)
                     }
                 });
-                live.logged(seq, size, keys);
-                for dead in live.take_dead(self.dead_bytes) {
+                for dead in live.logged(seq, size, keys) {
                     tx.prepare_cached("DELETE FROM record_log WHERE seq = ?1")?
                         .execute([dead])?;
                 }
@@ -714,14 +701,6 @@ impl Disk {
         if let Some(upto) = upto {
             tx.prepare_cached("DELETE FROM batches WHERE last_seq <= ?1")?
                 .execute([upto])?;
-        }
-        if live.bytes() > self.fold_bytes {
-            // Dead rows leave before any fold: replayed over a record folded from a
-            // later row, a dead row would bring its older change back.
-            for dead in live.take_dead(0) {
-                tx.prepare_cached("DELETE FROM record_log WHERE seq = ?1")?
-                    .execute([dead])?;
-            }
         }
         while live.bytes() > self.fold_bytes {
             let Some(oldest) = live.oldest() else { break };
@@ -980,7 +959,6 @@ mod tests {
         assert_eq!(states(&read), expected);
         // The next group folds: the table holds the same, the log is empty.
         disk.fold_bytes = 1;
-        disk.dead_bytes = 0;
         write(&mut disk, &[], &forget("1"));
         assert_eq!(rows_in(&path, "record_log"), 0);
         assert_eq!(rows_in(&path, "records"), 1);
@@ -1031,7 +1009,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.sqlite");
         let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
-        disk.dead_bytes = 0;
         let put = |k: &str, v: &str| (k.to_string(), v.to_string());
         write_group(&mut disk, &[put("a", "1"), put("b", "1")], &[]);
         write_group(&mut disk, &[put("a", "2")], &[]);
@@ -1084,7 +1061,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.sqlite");
         let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
-        disk.dead_bytes = 0;
         let put = |k: &str, v: &str| (k.to_string(), v.to_string());
         write_group(&mut disk, &[put("a", "1"), put("b", "1")], &[]);
         // The group that overtakes the first row fails as it deletes that row, after
@@ -1130,14 +1106,12 @@ mod tests {
                 1..40,
             ),
             fold_rows in 0..6usize,
-            dead_rows in 0..4usize,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("store.sqlite");
             let (mut disk, _) = Disk::open(&path, 100, 1 << 20).unwrap();
             // Rows are 60-100 bytes: a limit of a few rows folds often.
             disk.fold_bytes = fold_rows * 80;
-            disk.dead_bytes = dead_rows * 80;
             let mut model = std::collections::BTreeMap::new();
             for (puts, forgets) in &groups {
                 let puts: Vec<(String, String)> =

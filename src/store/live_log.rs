@@ -2,9 +2,7 @@
 //!
 //! Each group commit logs its record changes as one row (`record_log`). A row whose every
 //! change has been overtaken by a later row (the same record written or forgotten again)
-//! no longer changes what the log replays to, so it can be deleted unread: such rows are
-//! set aside and deleted together once they hold some bytes, each delete dirtying a page
-//! of the table (one more page to sync per commit, when deleted one by one). The rows that
+//! no longer changes what the log replays to, so it can be deleted unread. The rows that
 //! still hold some record's latest change are folded into the `records` table oldest
 //! first, a row at a time, once they hold more than a set number of bytes.
 //!
@@ -36,23 +34,19 @@ pub struct LiveLog {
     rows: BTreeMap<i64, Row>,
     /// Bytes of the live rows.
     bytes: usize,
-    /// Rows holding no latest change, not deleted yet, oldest first.
-    dead: Vec<i64>,
-    /// Bytes of the `dead` rows.
-    dead_bytes: usize,
 }
 
 impl LiveLog {
-    /// Notes row `seq` of `bytes`, holding changes to `records` (source, key); the
-    /// earlier rows it leaves without a latest change join the dead ones
-    /// ([`LiveLog::take_dead`]).
+    /// Notes row `seq` of `bytes`, holding changes to `records` (source, key); returns the
+    /// earlier rows it leaves without a latest change, which the caller deletes.
     pub fn logged<'a>(
         &mut self,
         seq: i64,
         bytes: usize,
         records: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) {
+    ) -> Vec<i64> {
         let mut live = 0;
+        let mut dead = Vec::new();
         for (source, key) in records {
             let keys = match self.latest.get_mut(source) {
                 Some(keys) => keys,
@@ -74,11 +68,9 @@ impl LiveLog {
                 if let Some(row) = self.rows.get_mut(&old) {
                     row.live -= 1;
                     if row.live == 0 {
-                        let bytes = row.bytes;
-                        self.bytes -= bytes;
+                        self.bytes -= row.bytes;
                         self.rows.remove(&old);
-                        self.dead.push(old);
-                        self.dead_bytes += bytes;
+                        dead.push(old);
                     }
                 }
             }
@@ -87,19 +79,9 @@ impl LiveLog {
             self.rows.insert(seq, Row { live, bytes });
             self.bytes += bytes;
         } else {
-            self.dead.push(seq);
-            self.dead_bytes += bytes;
+            dead.push(seq);
         }
-    }
-
-    /// The rows holding no latest change, for the caller to delete, once they hold at
-    /// least `bytes` (none before).
-    pub fn take_dead(&mut self, bytes: usize) -> Vec<i64> {
-        if self.dead.is_empty() || self.dead_bytes < bytes {
-            return Vec::new();
-        }
-        self.dead_bytes = 0;
-        std::mem::take(&mut self.dead)
+        dead
     }
 
     /// Bytes of the live rows: what a start would replay.
@@ -155,25 +137,14 @@ impl LiveLog {
 mod tests {
     use super::*;
 
-    /// Logs a row, then takes the rows it left dead (deleted at once).
-    fn log_row<'a>(
-        log: &mut LiveLog,
-        seq: i64,
-        bytes: usize,
-        records: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Vec<i64> {
-        log.logged(seq, bytes, records);
-        log.take_dead(0)
-    }
-
     #[test]
     fn a_row_dies_once_every_record_in_it_is_written_again() {
         let mut log = LiveLog::default();
-        assert!(log_row(&mut log, 1, 100, [("s", "a"), ("s", "b")]).is_empty());
-        assert!(log_row(&mut log, 2, 50, [("s", "a")]).is_empty());
+        assert!(log.logged(1, 100, [("s", "a"), ("s", "b")]).is_empty());
+        assert!(log.logged(2, 50, [("s", "a")]).is_empty());
         assert_eq!(log.bytes(), 150);
         // "b" written again: row 1 holds nothing current any more.
-        assert_eq!(log_row(&mut log, 3, 60, [("s", "b"), ("t", "a")]), [1]);
+        assert_eq!(log.logged(3, 60, [("s", "b"), ("t", "a")]), [1]);
         assert_eq!(log.bytes(), 110);
         assert_eq!(log.oldest(), Some(2));
         assert_eq!(log.records(), 3);
@@ -182,16 +153,16 @@ mod tests {
     #[test]
     fn sources_keep_their_keys_apart_and_a_key_twice_in_a_row_counts_once() {
         let mut log = LiveLog::default();
-        log_row(&mut log, 1, 10, [("s", "a"), ("t", "a"), ("s", "a")]);
-        assert_eq!(log_row(&mut log, 2, 10, [("s", "a")]), Vec::<i64>::new());
-        assert_eq!(log_row(&mut log, 3, 10, [("t", "a")]), [1]);
+        log.logged(1, 10, [("s", "a"), ("t", "a"), ("s", "a")]);
+        assert_eq!(log.logged(2, 10, [("s", "a")]), Vec::<i64>::new());
+        assert_eq!(log.logged(3, 10, [("t", "a")]), [1]);
     }
 
     #[test]
     fn folding_takes_only_the_changes_still_latest() {
         let mut log = LiveLog::default();
-        log_row(&mut log, 1, 100, [("s", "a"), ("s", "b")]);
-        log_row(&mut log, 2, 100, [("s", "b")]);
+        log.logged(1, 100, [("s", "a"), ("s", "b")]);
+        log.logged(2, 100, [("s", "b")]);
         assert!(log.take_latest(1, "s", "a"));
         assert!(!log.take_latest(1, "s", "b"), "b's latest is in row 2");
         assert!(!log.take_latest(1, "s", "a"), "taken once");
@@ -201,37 +172,25 @@ mod tests {
             (100, Some(2), 1)
         );
         // "a" is in the table now: writing it again kills no row.
-        assert!(log_row(&mut log, 3, 10, [("s", "a")]).is_empty());
+        assert!(log.logged(3, 10, [("s", "a")]).is_empty());
     }
 
     #[test]
     fn a_row_dropped_unread_takes_its_records_out_of_the_index() {
         let mut log = LiveLog::default();
-        log_row(&mut log, 1, 100, [("s", "a"), ("s", "b")]);
-        log_row(&mut log, 2, 100, [("s", "c")]);
+        log.logged(1, 100, [("s", "a"), ("s", "b")]);
+        log.logged(2, 100, [("s", "c")]);
         log.folded(1);
         assert_eq!(log.records(), 1);
         assert!(!log.take_latest(1, "s", "a"));
     }
 
     #[test]
-    fn dead_rows_wait_until_they_hold_the_bytes_asked() {
-        let mut log = LiveLog::default();
-        log.logged(1, 100, [("s", "a")]);
-        log.logged(2, 10, [("s", "b")]);
-        log.logged(3, 10, [("s", "a"), ("s", "b")]);
-        assert!(log.take_dead(111).is_empty(), "110 bytes dead");
-        log.logged(4, 10, [("s", "a"), ("s", "b")]);
-        assert_eq!(log.take_dead(111), [1, 2, 3]);
-        assert!(log.take_dead(0).is_empty(), "taken once");
-    }
-
-    #[test]
     fn a_row_with_no_change_is_dead_at_once() {
         let mut log = LiveLog::default();
-        log_row(&mut log, 1, 10, [("s", "a")]);
-        assert_eq!(log_row(&mut log, 2, 10, [("s", "a"), ("s", "a")]), [1]);
-        assert_eq!(log_row(&mut log, 3, 10, std::iter::empty()), [3]);
+        log.logged(1, 10, [("s", "a")]);
+        assert_eq!(log.logged(2, 10, [("s", "a"), ("s", "a")]), [1]);
+        assert_eq!(log.logged(3, 10, std::iter::empty()), [3]);
         assert_eq!(log.bytes(), 10);
     }
 }
