@@ -129,7 +129,14 @@ async fn a_subscriber_resumes_across_a_restart_and_records_keep_their_state() {
 #[tokio::test]
 async fn kill_9_during_webhooks_loses_nothing_acknowledged_and_no_half_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let mut relais = Relais::start_in(dir.path(), &env(), None);
+    // Room for every record sent: past the default 50,000, the least recently changed
+    // are forgotten (by design), and a fast machine acknowledges more within 1.5 s.
+    let env = [
+        env(),
+        vec![("RELAIS_HUB__RECORD_STATE_CAPACITY", "2000000")],
+    ]
+    .concat();
+    let mut relais = Relais::start_in(dir.path(), &env, None);
     let acked = Arc::new(AtomicUsize::new(0));
     let base = relais.base.clone();
     let counter = acked.clone();
@@ -156,7 +163,7 @@ async fn kill_9_during_webhooks_loses_nothing_acknowledged_and_no_half_batch() {
         "some batches were acknowledged before the kill"
     );
 
-    let relais = Relais::start_in(dir.path(), &env(), None);
+    let relais = Relais::start_in(dir.path(), &env, None);
     let (status, snapshot) = state(&relais, "topic=interventions", Some(&reader())).await;
     assert_eq!(status, 200);
     let mut per_batch: BTreeMap<i64, usize> = BTreeMap::new();
