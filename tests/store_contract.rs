@@ -552,6 +552,56 @@ async fn a_failed_commit_refuses_its_requests_and_changes_nothing() {
     assert_eq!(hub.retained(), 3, "on disk as in memory");
 }
 
+/// The writer copies SQLite's write-ahead log into the database between transactions
+/// (automatic checkpoints are off): without it the `-wal` file would grow with every
+/// event ever written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_store_keeps_its_write_ahead_log_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.state_dir = Some(dir.path().to_path_buf());
+    let hub = hub();
+    let store = Store::open(&config, hub.clone(), CancellationToken::new())
+        .await
+        .unwrap();
+    // 200 events of 100 KB that LZ4 cannot shrink: 20 MB through the log.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..200 {
+        let mut data = String::with_capacity(100_016);
+        while data.len() < 100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.push_str(&format!("{x:016x}"));
+        }
+        store
+            .publish(EventDraft::new(vec!["t".into()], data))
+            .await
+            .unwrap();
+    }
+    let len = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    // The last checkpoint may still be running on the writer thread.
+    let mut waited = 0;
+    while len("store.sqlite") < 4 << 20 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert!(
+        len("store.sqlite") >= 4 << 20,
+        "the log was copied into the database: {} bytes",
+        len("store.sqlite")
+    );
+    assert!(
+        len("store.sqlite-wal") < 10 << 20,
+        "the log starts again once copied: {} bytes for 20 MB written",
+        len("store.sqlite-wal")
+    );
+}
+
 #[tokio::test]
 async fn the_alert_queue_hands_out_what_was_pushed_and_forgets_it_once_acknowledged() {
     use relais::alerts::{Alert, Message};

@@ -184,6 +184,10 @@ impl LocalStore {
             "relais_store_committed_requests_total",
             "Requests (webhooks, publishes) made durable by the disk store's group commits"
         );
+        metrics::describe_counter!(
+            "relais_store_checkpoints_total",
+            "Copies of the disk store's write-ahead log into its database, run between commits"
+        );
         runtime.spawn(store.shared.clone().apply_groups());
         let shared = store.shared.clone();
         let writer = std::thread::Builder::new()
@@ -446,6 +450,14 @@ impl Shared {
                     inner.written.push_back(jobs);
                     drop(inner);
                     self.to_apply.notify_one();
+                    // While the group is applied and answered, not inside its commit.
+                    match disk.checkpoint_if_due() {
+                        Ok(true) => {
+                            metrics::counter!("relais_store_checkpoints_total").increment(1)
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("store checkpoint failed, retried later: {e}"),
+                    }
                 }
                 Err(e) => {
                     tracing::error!("store commit failed, {} requests refused: {e}", jobs.len());
