@@ -50,14 +50,21 @@ async fn memory() -> Backend {
     }
 }
 
-async fn disk() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
+/// A disk store on the default settings in `dir`, with a hub of its own: opened again on
+/// the same directory, it reads back what it wrote.
+async fn open_disk(dir: &std::path::Path) -> (Arc<Hub>, Store) {
     let mut config = Config::default();
-    config.server.state_dir = Some(dir.path().to_path_buf());
+    config.server.state_dir = Some(dir.to_path_buf());
     let hub = hub();
     let store = Store::open(&config, hub.clone(), CancellationToken::new())
         .await
         .unwrap();
+    (hub, store)
+}
+
+async fn disk() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, store) = open_disk(dir.path()).await;
     let a = Instance {
         hub: hub.clone(),
         store: store.clone(),
@@ -484,16 +491,7 @@ async fn the_disk_store_reloads_history_and_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_refuses_its_requests_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.state_dir = Some(dir.path().to_path_buf());
-    let open = || async {
-        let hub = hub();
-        let store = Store::open(&config, hub.clone(), CancellationToken::new())
-            .await
-            .unwrap();
-        (hub, store)
-    };
-    let (hub, store) = open().await;
+    let (hub, store) = open_disk(dir.path()).await;
     let keys = vec!["k".to_string()];
     let plan = increment("s", "k".into());
     store.ingest("s", &keys, &plan).await.unwrap();
@@ -544,7 +542,7 @@ async fn a_failed_commit_refuses_its_requests_and_changes_nothing() {
     );
     assert_eq!(hub.retained(), 3);
     drop((hub, store));
-    let (hub, store) = open().await;
+    let (hub, store) = open_disk(dir.path()).await;
     assert_eq!(
         store.load_records("s", &keys).await.unwrap()["k"],
         record(2)
@@ -558,12 +556,7 @@ async fn a_failed_commit_refuses_its_requests_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_store_keeps_its_write_ahead_log_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.state_dir = Some(dir.path().to_path_buf());
-    let hub = hub();
-    let store = Store::open(&config, hub.clone(), CancellationToken::new())
-        .await
-        .unwrap();
+    let (_hub, store) = open_disk(dir.path()).await;
     // 200 events of 100 KB that LZ4 cannot shrink: 20 MB through the log.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..200 {

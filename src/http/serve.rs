@@ -122,10 +122,10 @@ pub async fn run(listener: TcpListener, router: Router, app: AppState) {
 /// Why two: a commit wakes every subscriber of its events, and the tasks it wakes queue
 /// behind one another on their runtime. On one runtime, a webhook whose answer waited
 /// for its group commit was queued behind the writes of every subscriber still to be
-/// served for the events before it (about 50 ms at 10,000 subscribers on two cores), so publishers that wait for their
-/// answers were held to a fraction of the rate the fan-out keeps up with. Requests now
-/// queue only behind requests, and the operating system shares the cores between the
-/// two runtimes' threads.
+/// served for the events before it (about 50 ms at 10,000 subscribers on two cores), so
+/// publishers that wait for their answers were held to a fraction of the rate the
+/// fan-out keeps up with. Requests now queue only behind requests, and the operating
+/// system shares the cores between the two runtimes' threads.
 struct StreamsRuntime(Option<tokio::runtime::Runtime>);
 
 impl StreamsRuntime {
